@@ -1,0 +1,205 @@
+"""The canonical scene: one z-up, metric, gravity-aligned world per scene, whatever dataset it came from.
+
+Readers (``pipeline.sources.*``) produce a :class:`CanonicalScene`; ingest writes it with :func:`write_scene` to
+``ROOT/scenes/<dataset>/<scene_id>/`` as ``scene.json``, ``frames.parquet``, ``objects.parquet``, ``mesh.ply`` (aligned
+vertices, colours and a per-vertex ``instance_id``, -1 where none), ``manifest.parquet`` and finally the done-marker.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.atomic import read_json, write_json
+from pipeline.errors import InputError
+from pipeline.layout import DONE_MARKER
+from pipeline.ply import read_ply, write_ply
+from pipeline.schemas import (FRAMES_SCHEMA, MANIFEST_SCHEMA, OBJECTS_SCHEMA, column_as_array, read_table,
+                              table_from_columns, write_table)
+
+DEFAULT_NUM_FRAMES = 32
+
+
+@dataclass
+class CanonicalScene:
+    dataset: str
+    scene_id: str
+    split: str
+    frames: pa.Table                      # FRAMES_SCHEMA
+    objects: pa.Table                     # OBJECTS_SCHEMA
+    mesh_vertices: np.ndarray             # [V, 3] float64, aligned world (z-up, metres)
+    mesh_faces: np.ndarray                # [F, 3] int64
+    mesh_colors: np.ndarray | None = None     # [V, 3] uint8
+    vertex_instance: np.ndarray | None = None  # [V] int64 instance id, -1 = none
+    meta: dict[str, Any] = field(default_factory=dict)  # video source, alignment, label map, raw paths, ...
+
+    @property
+    def camera_to_world(self) -> np.ndarray:
+        return column_as_array(self.frames, "camera_to_world").reshape(-1, 4, 4)
+
+
+def uniform_ranks(valid: np.ndarray, num_frames: int = DEFAULT_NUM_FRAMES) -> np.ndarray:
+    """Row positions of ``num_frames`` frames sampled uniformly among the valid ones (all of them if fewer).
+
+    ``floor(linspace(0, M-1, N))`` over the M valid frames, as VLM-3R samples, made unique and increasing.
+    """
+    candidates = np.flatnonzero(np.asarray(valid, dtype=bool))
+    if len(candidates) == 0:
+        return candidates
+    if len(candidates) <= num_frames:
+        return candidates
+    picks = np.linspace(0, len(candidates) - 1, num_frames).astype(np.int64)
+    return candidates[np.unique(picks)]
+
+
+def build_manifest(frames: pa.Table, num_frames: int = DEFAULT_NUM_FRAMES) -> pa.Table:
+    rows = uniform_ranks(column_as_array(frames, "valid"), num_frames)
+    sub = frames.take(pa.array(rows, type=pa.int64()))
+    return table_from_columns(MANIFEST_SCHEMA, {
+        "rank": np.arange(len(rows), dtype=np.int32),
+        "frame_index": column_as_array(sub, "frame_index"),
+        "timestamp": column_as_array(sub, "timestamp"),
+        "camera_to_world": column_as_array(sub, "camera_to_world"),
+        "valid": column_as_array(sub, "valid"),
+    })
+
+
+def write_scene(scene_dir: str | Path, scene: CanonicalScene, num_frames: int = DEFAULT_NUM_FRAMES) -> dict[str, Any]:
+    """Write every file of the canonical scene, the frame manifest, and the done-marker last. Returns the stats."""
+    scene_dir = Path(scene_dir)
+    scene_dir.mkdir(parents=True, exist_ok=True)
+    (scene_dir / DONE_MARKER).unlink(missing_ok=True)
+    valid = column_as_array(scene.frames, "valid")
+    if not valid.any():
+        raise InputError(scene.meta.get("pose_source", scene_dir), "scene has no frame with a valid pose")
+    if len(scene.mesh_vertices) == 0:
+        raise InputError(scene.meta.get("mesh_source", scene_dir), "mesh has no vertices")
+    write_table(scene_dir / "frames.parquet", scene.frames, FRAMES_SCHEMA)
+    write_table(scene_dir / "objects.parquet", scene.objects, OBJECTS_SCHEMA)
+    extra = {}
+    if scene.vertex_instance is not None:
+        extra["instance_id"] = np.asarray(scene.vertex_instance, dtype=np.int32)
+    write_ply(scene_dir / "mesh.ply", scene.mesh_vertices, scene.mesh_faces, scene.mesh_colors, extra)
+    manifest = build_manifest(scene.frames, num_frames)
+    write_table(scene_dir / "manifest.parquet", manifest, MANIFEST_SCHEMA)
+    info = {
+        "dataset": scene.dataset, "scene_id": scene.scene_id, "split": scene.split,
+        "units": "metres", "up_axis": "z", "camera": "opencv", "mesh": "mesh.ply", **scene.meta,
+    }
+    write_json(scene_dir / "scene.json", info)
+    stats = {
+        "frames": int(len(valid)), "valid_frames": int(valid.sum()), "manifest_frames": int(manifest.num_rows),
+        "objects": int(scene.objects.num_rows), "mesh_vertices": int(len(scene.mesh_vertices)),
+        "mesh_faces": int(len(scene.mesh_faces)),
+        "sha256": {name: _sha(scene_dir / name) for name in
+                   ("frames.parquet", "objects.parquet", "manifest.parquet", "mesh.ply", "scene.json")},
+    }
+    write_json(scene_dir / DONE_MARKER, stats)
+    return stats
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def is_complete(scene_dir: str | Path) -> bool:
+    return (Path(scene_dir) / DONE_MARKER).exists()
+
+
+def read_scene(scene_dir: str | Path, with_mesh: bool = True) -> CanonicalScene:
+    scene_dir = Path(scene_dir)
+    if not is_complete(scene_dir):
+        raise FileNotFoundError(f"{scene_dir}: not a completely ingested scene (no {DONE_MARKER})")
+    info = read_json(scene_dir / "scene.json")
+    verts = np.zeros((0, 3)); faces = np.zeros((0, 3), np.int64); colors = inst = None
+    if with_mesh:
+        mesh = read_ply(scene_dir / "mesh.ply")
+        verts, faces, colors = mesh.vertices, mesh.faces, mesh.colors
+        inst = mesh.vertex["instance_id"].astype(np.int64) if "instance_id" in mesh.vertex else None
+    meta = {k: v for k, v in info.items() if k not in ("dataset", "scene_id", "split")}
+    return CanonicalScene(
+        dataset=info["dataset"], scene_id=info["scene_id"], split=info["split"],
+        frames=read_table(scene_dir / "frames.parquet", FRAMES_SCHEMA),
+        objects=read_table(scene_dir / "objects.parquet", OBJECTS_SCHEMA),
+        mesh_vertices=verts, mesh_faces=faces, mesh_colors=colors, vertex_instance=inst, meta=meta)
+
+
+def read_manifest(scene_dir: str | Path) -> pa.Table:
+    return read_table(Path(scene_dir) / "manifest.parquet", MANIFEST_SCHEMA)
+
+
+# ---- helpers shared by the readers -------------------------------------------------------------------------------
+
+def box_aabb(centroid: np.ndarray, lengths: np.ndarray, axes_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Axis-aligned bounds of oriented boxes. ``axes_rows`` [..., 3, 3]: row i is box axis i (world coords)."""
+    centroid = np.asarray(centroid, np.float64)
+    half = np.asarray(lengths, np.float64)[..., :, None] / 2.0 * np.asarray(axes_rows, np.float64)
+    extent = np.abs(half).sum(axis=-2)
+    return centroid - extent, centroid + extent
+
+
+def objects_table(instance_id, label, category, centroid, lengths, axes, num_points) -> pa.Table:
+    """Build OBJECTS_SCHEMA rows from oriented boxes; the AABB is derived with rows-as-axes."""
+    centroid = np.asarray(centroid, np.float64).reshape(-1, 3)
+    lengths = np.asarray(lengths, np.float64).reshape(-1, 3)
+    axes = np.asarray(axes, np.float64).reshape(-1, 3, 3)
+    lo, hi = box_aabb(centroid, lengths, axes)
+    return table_from_columns(OBJECTS_SCHEMA, {
+        "instance_id": np.asarray(instance_id, np.int64), "label": list(label), "category": list(category),
+        "centroid": centroid, "lengths": lengths, "axes": axes.reshape(-1, 9), "aabb_min": lo, "aabb_max": hi,
+        "num_points": np.asarray(num_points, np.int64),
+    })
+
+
+def pca_box(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gravity-aligned oriented box of a point set: z stays vertical, yaw from the PCA of the floor projection.
+
+    Returns centroid [3], lengths [3], axes [3, 3] (rows = axes, right-handed, third row = +z).
+    """
+    pts = np.asarray(points, np.float64)
+    xy = pts[:, :2] - pts[:, :2].mean(axis=0)
+    if len(pts) >= 2 and np.ptp(xy, axis=0).max() > 0:
+        _, vecs = np.linalg.eigh(xy.T @ xy)
+        major = vecs[:, 1]
+    else:
+        major = np.array([1.0, 0.0])
+    # Canonical sign so the result does not depend on the eigen solver: major axis points to +x (or +y if x = 0).
+    if major[0] < 0 or (major[0] == 0 and major[1] < 0):
+        major = -major
+    axes = np.array([[major[0], major[1], 0.0], [-major[1], major[0], 0.0], [0.0, 0.0, 1.0]])
+    local = pts @ axes.T
+    lo, hi = local.min(axis=0), local.max(axis=0)
+    centroid = ((lo + hi) / 2.0) @ axes
+    return centroid, hi - lo, axes
+
+
+def frames_columns(n: int) -> dict[str, Any]:
+    """Default column values for ``n`` frames (readers overwrite what they know)."""
+    nan = np.full(n, np.nan)
+    return {
+        "frame_index": np.arange(n, dtype=np.int64), "timestamp": nan.copy(),
+        "camera_to_world": np.full((n, 16), np.nan), "valid": np.zeros(n, bool),
+        "fx": nan.copy(), "fy": nan.copy(), "cx": nan.copy(), "cy": nan.copy(),
+        "width": np.zeros(n, np.int32), "height": np.zeros(n, np.int32),
+        "color_kind": ["image"] * n, "color_path": [""] * n,
+        "color_offset": np.zeros(n, np.int64), "color_length": np.zeros(n, np.int64),
+        "rotate_k": np.zeros(n, np.int8),
+        "depth_kind": ["none"] * n, "depth_path": [""] * n,
+        "depth_offset": np.zeros(n, np.int64), "depth_length": np.zeros(n, np.int64),
+        "depth_scale": np.full(n, 0.001), "depth_width": np.zeros(n, np.int32), "depth_height": np.zeros(n, np.int32),
+        "depth_fx": nan.copy(), "depth_fy": nan.copy(), "depth_cx": nan.copy(), "depth_cy": nan.copy(),
+    }
+
+
+def finite_pose_mask(camera_to_world: np.ndarray) -> np.ndarray:
+    """True where a [N, 4, 4] (or [N, 16]) pose is entirely finite and its rotation is proper."""
+    c2w = np.asarray(camera_to_world, np.float64).reshape(-1, 4, 4)
+    ok = np.isfinite(c2w).all(axis=(1, 2))
+    det = np.full(len(c2w), np.nan)
+    det[ok] = np.linalg.det(c2w[ok, :3, :3])
+    ok &= np.abs(det - 1.0) < 1e-2
+    return ok

@@ -1,0 +1,156 @@
+"""Every table schema of the project, declared once.
+
+Writers build tables with :func:`table_from_columns` (which casts and checks), readers go through
+:func:`read_table` (which validates names, types and fixed list sizes). Fixed-size vectors (poses, box axes)
+are ``fixed_size_list`` columns; :func:`column_as_array` turns them back into ``[N, k]`` numpy arrays.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.atomic import atomic_path
+
+
+def _vec(n: int) -> pa.DataType:
+    return pa.list_(pa.float64(), n)
+
+
+# Canonical per-frame table of a scene (ROOT/scenes/<dataset>/<scene_id>/frames.parquet). One row per frame of the
+# source stream, in stream order. Poses: camera-to-world, OpenCV camera (x right, y down, z forward), z-up metric
+# world after the dataset's alignment. Intrinsics are for the upright image of size width x height.
+FRAMES_SCHEMA = pa.schema([
+    ("frame_index", pa.int64()),          # index in the source stream (sens frame, video frame, sorted file list)
+    ("timestamp", pa.float64()),          # seconds
+    ("camera_to_world", _vec(16)),        # row-major 4x4; NaN where the pose is missing
+    ("valid", pa.bool_()),                # false for non-finite or missing poses
+    ("fx", pa.float64()), ("fy", pa.float64()), ("cx", pa.float64()), ("cy", pa.float64()),
+    ("width", pa.int32()), ("height", pa.int32()),
+    # Where the colour image lives. kind: "sens_jpeg" (byte range of a JPEG inside a .sens),
+    # "video" (offset = frame number in a video file), "image" (a whole image file; offset/length 0).
+    ("color_kind", pa.string()), ("color_path", pa.string()),
+    ("color_offset", pa.int64()), ("color_length", pa.int64()),
+    ("rotate_k", pa.int8()),              # np.rot90 count (counter-clockwise quarter turns) to make the decoded image upright
+    # Depth. kind: "sens_zlib_u16", "png_u16", "depth_bin_deflate_f32" (offset = frame index),
+    # "depth_bin_record" (byte range of one record), or "none".
+    ("depth_kind", pa.string()), ("depth_path", pa.string()),
+    ("depth_offset", pa.int64()), ("depth_length", pa.int64()),
+    ("depth_scale", pa.float64()),        # metres per stored unit (0.001 for millimetres)
+    ("depth_width", pa.int32()), ("depth_height", pa.int32()),
+    ("depth_fx", pa.float64()), ("depth_fy", pa.float64()), ("depth_cx", pa.float64()), ("depth_cy", pa.float64()),
+])
+
+# Canonical object instances (ROOT/scenes/<dataset>/<scene_id>/objects.parquet). Oriented boxes: the rows of
+# ``axes`` (3x3, row-major) are the box axes in world coordinates; ``lengths`` are full edge lengths along them.
+OBJECTS_SCHEMA = pa.schema([
+    ("instance_id", pa.int64()),
+    ("label", pa.string()),               # raw dataset label
+    ("category", pa.string()),            # canonical category (documented mapping per dataset)
+    ("centroid", _vec(3)),
+    ("lengths", _vec(3)),
+    ("axes", _vec(9)),
+    ("aabb_min", _vec(3)),
+    ("aabb_max", _vec(3)),
+    ("num_points", pa.int64()),           # mesh vertices of the instance; 0 where the dataset gives only a box
+])
+
+# The frame manifest (ROOT/scenes/<dataset>/<scene_id>/manifest.parquet): the exact frames a scene contributes,
+# read by extract (which frames CUT3R sees, in this order) and by the QA ("frame k of N" is rank k-1).
+MANIFEST_SCHEMA = pa.schema([
+    ("rank", pa.int32()),
+    ("frame_index", pa.int64()),
+    ("timestamp", pa.float64()),
+    ("camera_to_world", _vec(16)),
+    ("valid", pa.bool_()),
+])
+
+# One row per failed input (ROOT/errors.parquet).
+ERRORS_SCHEMA = pa.schema([
+    ("stage", pa.string()),
+    ("dataset", pa.string()),
+    ("scene_id", pa.string()),
+    ("error_type", pa.string()),
+    ("message", pa.string()),
+    ("path", pa.string()),
+])
+
+
+class SchemaError(ValueError):
+    """A table does not match its declared schema."""
+
+
+def table_from_columns(schema: pa.Schema, columns: Mapping[str, Any]) -> pa.Table:
+    """Build a table with exactly ``schema`` from numpy arrays / lists (``[N, k]`` arrays for vector columns)."""
+    missing = [f.name for f in schema if f.name not in columns]
+    extra = sorted(set(columns) - set(schema.names))
+    if missing or extra:
+        raise SchemaError(f"columns do not match schema: missing {missing}, unexpected {extra}")
+    arrays = []
+    for field in schema:
+        value = columns[field.name]
+        if pa.types.is_fixed_size_list(field.type):
+            mat = np.asarray(value, dtype=np.float64)
+            width = field.type.list_size
+            if mat.ndim == 1 and mat.size == 0:
+                mat = mat.reshape(0, width)
+            mat = mat.reshape(len(mat), -1) if mat.ndim > 2 else mat
+            if mat.ndim != 2 or mat.shape[1] != width:
+                raise SchemaError(f"column {field.name!r}: expected shape [N, {width}], got {list(np.shape(value))}")
+            flat = pa.array(np.ascontiguousarray(mat).reshape(-1), type=pa.float64())
+            arrays.append(pa.FixedSizeListArray.from_arrays(flat, width))
+        else:
+            try:
+                arrays.append(pa.array(np.asarray(value) if isinstance(value, np.ndarray) else value, type=field.type))
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as exc:
+                raise SchemaError(f"column {field.name!r}: cannot convert to {field.type}: {exc}") from exc
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def validate(table: pa.Table, schema: pa.Schema, where: str = "table") -> pa.Table:
+    """Check names and types against ``schema``; returns the table with the schema's field order."""
+    if table.schema.names != schema.names:
+        missing = [n for n in schema.names if n not in table.schema.names]
+        extra = [n for n in table.schema.names if n not in schema.names]
+        if missing or extra:
+            raise SchemaError(f"{where}: columns differ from the schema: missing {missing}, unexpected {extra}")
+        table = table.select(schema.names)
+    for field in schema:
+        got = table.schema.field(field.name).type
+        if got != field.type:
+            raise SchemaError(f"{where}: column {field.name!r} has type {got}, expected {field.type}")
+    return table
+
+
+def write_table(path: str | os.PathLike, table: pa.Table, schema: pa.Schema) -> None:
+    """Validate then write a parquet file atomically (deterministic bytes for the same table)."""
+    table = validate(table, schema, where=str(path))
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd", write_statistics=False)
+
+
+def read_table(path: str | os.PathLike, schema: pa.Schema) -> pa.Table:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: table not found")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise SchemaError(f"{path}: not a readable parquet file: {exc}") from exc
+    return validate(table, schema, where=str(path))
+
+
+def column_as_array(table: pa.Table, name: str) -> np.ndarray:
+    """A column as numpy; fixed-size list columns become ``[N, k]`` float arrays."""
+    col = table.column(name)
+    if pa.types.is_fixed_size_list(col.type):
+        width = col.type.list_size
+        if len(col) == 0:
+            return np.zeros((0, width), dtype=np.float64)
+        flat = pa.concat_arrays([chunk.flatten() for chunk in col.chunks]).to_numpy(zero_copy_only=False)
+        return flat.reshape(-1, width)
+    return col.to_numpy(zero_copy_only=False)

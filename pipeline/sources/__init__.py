@@ -1,0 +1,29 @@
+"""Dataset readers. Each module ``pipeline.sources.<dataset>`` provides a :class:`DatasetReader`:
+
+- ``list_scenes(raw, split=None) -> list[tuple[scene_id, split]]``: the scenes of a raw release (sorted);
+- ``read_scene(raw, scene_id, split) -> CanonicalScene``: one scene in the canonical form (raises
+  ``pipeline.errors.InputError`` naming the file and the problem on bad input).
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Protocol
+
+from pipeline.scene import CanonicalScene
+
+READERS = ("scannet", "scannetpp", "arkitscenes")
+
+
+class DatasetReader(Protocol):
+    name: str
+
+    def list_scenes(self, raw: Path, split: str | None = None) -> list[tuple[str, str]]: ...
+
+    def read_scene(self, raw: Path, scene_id: str, split: str) -> CanonicalScene: ...
+
+
+def get_reader(dataset: str) -> DatasetReader:
+    if dataset not in READERS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(READERS)}")
+    return importlib.import_module(f"pipeline.sources.{dataset}").READER
