@@ -94,14 +94,15 @@ def table_from_columns(schema: pa.Schema, columns: Mapping[str, Any]) -> pa.Tabl
     for field in schema:
         value = columns[field.name]
         if pa.types.is_fixed_size_list(field.type):
-            mat = np.asarray(value, dtype=np.float64)
             width = field.type.list_size
+            value_type = field.type.value_type
+            mat = np.asarray(value, dtype=value_type.to_pandas_dtype())
             if mat.ndim == 1 and mat.size == 0:
                 mat = mat.reshape(0, width)
             mat = mat.reshape(len(mat), -1) if mat.ndim > 2 else mat
             if mat.ndim != 2 or mat.shape[1] != width:
                 raise SchemaError(f"column {field.name!r}: expected shape [N, {width}], got {list(np.shape(value))}")
-            flat = pa.array(np.ascontiguousarray(mat).reshape(-1), type=pa.float64())
+            flat = pa.array(np.ascontiguousarray(mat).reshape(-1), type=value_type)
             arrays.append(pa.FixedSizeListArray.from_arrays(flat, width))
         else:
             try:
@@ -150,7 +151,40 @@ def column_as_array(table: pa.Table, name: str) -> np.ndarray:
     if pa.types.is_fixed_size_list(col.type):
         width = col.type.list_size
         if len(col) == 0:
-            return np.zeros((0, width), dtype=np.float64)
+            return np.zeros((0, width), dtype=col.type.value_type.to_pandas_dtype())
         flat = pa.concat_arrays([chunk.flatten() for chunk in col.chunks]).to_numpy(zero_copy_only=False)
         return flat.reshape(-1, width)
     return col.to_numpy(zero_copy_only=False)
+
+
+# ---- scene graph (ROOT/graph/<dataset>/<scene_id>/) ------------------------------------------------------------
+
+# Objects of the graph: the canonical object columns plus derived fields shared by all QA tasks.
+GRAPH_OBJECTS_SCHEMA = pa.schema(list(OBJECTS_SCHEMA) + [
+    ("longest_edge", pa.float64()),       # metres, max(lengths)
+    ("footprint_area", pa.float64()),     # m^2, area of the box's floor projection
+    ("volume", pa.float64()),             # m^3
+    ("is_unique", pa.bool_()),            # the only instance of its category in the scene
+])
+
+# Frames of the graph: the ranks of the frame manifest ("frame k of N" = rank k-1) with pose and camera centre.
+GRAPH_FRAMES_SCHEMA = pa.schema([
+    ("rank", pa.int32()),
+    ("frame_index", pa.int64()),
+    ("timestamp", pa.float64()),          # seconds
+    ("camera_to_world", _vec(16)),        # row-major, OpenCV camera, z-up world
+    ("camera_center", _vec(3)),           # = camera_to_world[:3, 3]
+    ("valid", pa.bool_()),
+    ("fx", pa.float64()), ("fy", pa.float64()), ("cx", pa.float64()), ("cy", pa.float64()),
+    ("width", pa.int32()), ("height", pa.int32()),
+])
+
+# Which object is visible in which manifest frame.
+VISIBILITY_SCHEMA = pa.schema([
+    ("rank", pa.int32()),
+    ("instance_id", pa.int64()),
+    ("bbox_2d", pa.list_(pa.int32(), 4)), # [xmin, ymin, xmax, ymax] inclusive pixels of the upright image
+    ("visible_pixels", pa.int64()),
+    ("visible_fraction", pa.float64()),   # visible pixels / pixels of the object's whole projection in the frame
+    ("source", pa.string()),              # "instance_mask" or "mesh_projection"
+])
