@@ -68,8 +68,10 @@ def build_manifest(frames: pa.Table, num_frames: int = DEFAULT_NUM_FRAMES) -> pa
     })
 
 
-def write_scene(scene_dir: str | Path, scene: CanonicalScene, num_frames: int = DEFAULT_NUM_FRAMES) -> dict[str, Any]:
-    """Write every file of the canonical scene, the frame manifest, and the done-marker last. Returns the stats."""
+def write_scene(scene_dir: str | Path, scene: CanonicalScene, num_frames: int = DEFAULT_NUM_FRAMES,
+                marker: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write every file of the canonical scene, the frame manifest, and the done-marker last (holding the stats,
+    file hashes and ``marker``, e.g. the resolved config). Returns the marker's content."""
     scene_dir = Path(scene_dir)
     scene_dir.mkdir(parents=True, exist_ok=True)
     (scene_dir / DONE_MARKER).unlink(missing_ok=True)
@@ -97,6 +99,7 @@ def write_scene(scene_dir: str | Path, scene: CanonicalScene, num_frames: int = 
         "mesh_faces": int(len(scene.mesh_faces)),
         "sha256": {name: _sha(scene_dir / name) for name in
                    ("frames.parquet", "objects.parquet", "manifest.parquet", "mesh.ply", "scene.json")},
+        **(marker or {}),
     }
     write_json(scene_dir / DONE_MARKER, stats)
     return stats
@@ -132,6 +135,16 @@ def read_manifest(scene_dir: str | Path) -> pa.Table:
     return read_table(Path(scene_dir) / "manifest.parquet", MANIFEST_SCHEMA)
 
 
+def manifest_frames(frames: pa.Table, manifest: pa.Table) -> pa.Table:
+    """The rows of ``frames`` (FRAMES_SCHEMA) that the manifest names, in rank order."""
+    row_of = {int(fi): i for i, fi in enumerate(column_as_array(frames, "frame_index"))}
+    try:
+        rows = [row_of[int(fi)] for fi in column_as_array(manifest, "frame_index")]
+    except KeyError as exc:
+        raise ValueError(f"manifest names frame_index {exc.args[0]} that frames.parquet does not have") from None
+    return frames.take(pa.array(rows, type=pa.int64()))
+
+
 # ---- helpers shared by the readers -------------------------------------------------------------------------------
 
 def box_aabb(centroid: np.ndarray, lengths: np.ndarray, axes_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -155,20 +168,36 @@ def objects_table(instance_id, label, category, centroid, lengths, axes, num_poi
     })
 
 
-def pca_box(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Gravity-aligned oriented box of a point set: z stays vertical, yaw from the PCA of the floor projection.
+def upright_box(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gravity-aligned oriented box of a point set: z stays vertical, the yaw is that of the minimum-area
+    rectangle enclosing the floor projection (rotating calipers over the convex hull's edges), which is exact
+    for box-shaped objects where a PCA yaw is biased by the point distribution.
 
-    Returns centroid [3], lengths [3], axes [3, 3] (rows = axes, right-handed, third row = +z).
+    Returns centroid [3], lengths [3], axes [3, 3] (rows = axes, right-handed, third row = +z). The first axis is
+    the longer floor edge, pointing to +x (or +y when perpendicular to x), so results do not depend on point order.
     """
-    pts = np.asarray(points, np.float64)
-    xy = pts[:, :2] - pts[:, :2].mean(axis=0)
-    if len(pts) >= 2 and np.ptp(xy, axis=0).max() > 0:
-        _, vecs = np.linalg.eigh(xy.T @ xy)
-        major = vecs[:, 1]
-    else:
-        major = np.array([1.0, 0.0])
-    # Canonical sign so the result does not depend on the eigen solver: major axis points to +x (or +y if x = 0).
-    if major[0] < 0 or (major[0] == 0 and major[1] < 0):
+    pts = np.asarray(points, np.float64).reshape(-1, 3)
+    xy = pts[:, :2]
+    directions = np.array([[1.0, 0.0]])
+    if len(np.unique(xy, axis=0)) >= 3:
+        from scipy.spatial import ConvexHull, QhullError
+
+        try:
+            hull = xy[ConvexHull(xy).vertices]
+            edges = np.roll(hull, -1, axis=0) - hull
+            norms = np.linalg.norm(edges, axis=1)
+            directions = edges[norms > 1e-12] / norms[norms > 1e-12, None]
+        except QhullError:  # collinear points
+            pass
+    # Area of the enclosing rectangle for every candidate edge direction.
+    perp = np.stack([-directions[:, 1], directions[:, 0]], axis=1)
+    u, v = xy @ directions.T, xy @ perp.T
+    area = np.ptp(u, axis=0) * np.ptp(v, axis=0)
+    best = int(np.argmin(np.round(area, 12)))
+    major, minor = directions[best], perp[best]
+    if np.ptp(xy @ minor) > np.ptp(xy @ major):
+        major = minor
+    if major[0] < -1e-12 or (abs(major[0]) <= 1e-12 and major[1] < 0):
         major = -major
     axes = np.array([[major[0], major[1], 0.0], [-major[1], major[0], 0.0], [0.0, 0.0, 1.0]])
     local = pts @ axes.T
