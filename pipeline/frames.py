@@ -28,11 +28,33 @@ def _read_range(path: str, offset: int, length: int) -> bytes:
 
 
 def decode_image_bytes(data: bytes, path: str, what: str = "image") -> np.ndarray:
+    # libjpeg (through OpenCV) only warns on a JPEG cut short and returns grey pixels; require the end marker and a
+    # strict PIL decode so a truncated or damaged frame is an error, not silently wrong pixels. (Damage inside the
+    # entropy-coded data can still decode to valid-looking garbage: no JPEG decoder can detect every such case.)
+    if data[:2] == b"\xff\xd8":
+        if data.rstrip(b"\x00")[-2:] != b"\xff\xd9":
+            raise InputError(path, f"corrupt {what}: JPEG without end-of-image marker (truncated)")
+        _verify_jpeg(data, path, what)
     buf = np.frombuffer(data, np.uint8)
     img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if len(buf) else None
     if img is None:
         raise InputError(path, f"corrupt {what}: cannot decode")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _verify_jpeg(data: bytes, path: str, what: str) -> None:
+    import io
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()  # PIL raises on premature end / broken data where libjpeg via OpenCV only warns
+    except Exception as exc:  # noqa: BLE001 - any decoder complaint means a damaged frame
+        raise InputError(path, f"corrupt {what}: {exc}") from exc
 
 
 def _decode_video(path: str, frame_numbers: Sequence[int]) -> dict[int, np.ndarray]:

@@ -98,3 +98,17 @@ def test_corrupt_sources_name_the_file(tmp_path):
     with pytest.raises(InputError, match="short.bin.*truncated"):
         decode_colors(_frames([{"color_kind": "sens_jpeg", "color_path": str(short), "color_offset": 0,
                                 "color_length": 100}]))
+
+
+def test_damaged_or_truncated_jpeg_is_an_error(tmp_path):
+    img = _image(1, 96, 128)
+    blob = bytearray(cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))[1].tobytes())
+    # Damaged marker segments (tables / frame header) behind an intact start marker.
+    broken = bytearray(blob)
+    broken[2:60] = bytes(range(58))
+    (tmp_path / "tables.jpg").write_bytes(bytes(broken))
+    # Cut short: OpenCV alone only warns "premature end of data segment" and returns grey pixels.
+    (tmp_path / "cut.jpg").write_bytes(bytes(blob[: len(blob) // 2]))
+    for name in ("tables.jpg", "cut.jpg"):
+        with pytest.raises(InputError, match=name + ".*corrupt"):
+            decode_colors(_frames([{"color_kind": "image", "color_path": str(tmp_path / name)}]))
