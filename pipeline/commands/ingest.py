@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="dataset root to write (ROOT)")
     parser.add_argument("--split", default=None, help="only scenes of this split (e.g. train, val)")
     parser.add_argument("--scenes", default=None, help="comma-separated scene ids; all scenes of the split when omitted")
+    parser.add_argument("--stream", default=None, choices=("iphone", "dslr"),
+                        help="ScanNet++ only: which capture to use as the video (default iphone)")
     parser.add_argument("--num-frames", type=int, default=DEFAULT_NUM_FRAMES,
                         help="frames per scene in the frame manifest (uniform among valid frames)")
     parser.add_argument("--no-verify-frames", action="store_true",
@@ -38,7 +40,7 @@ def ingest_scene(job: dict[str, Any]) -> dict[str, Any]:
     from pipeline.scene import manifest_frames, read_manifest, write_scene
     from pipeline.sources import get_reader
 
-    reader = get_reader(job["dataset"])
+    reader = get_reader(job["dataset"], **job["reader_options"])
     scene = reader.read_scene(Path(job["raw"]), job["scene_id"], job["split"])
     out_dir = Path(job["scene_dir"])
     stats = write_scene(out_dir, scene, job["num_frames"], marker={"config": job["config"]})
@@ -57,7 +59,11 @@ def run(args: argparse.Namespace) -> int:
     root.load_info()  # refuses a root of another format version
     from pipeline.sources import get_reader
 
-    reader = get_reader(args.dataset)
+    reader_options = {"stream": args.stream} if args.stream else {}
+    if reader_options and args.dataset != "scannetpp":
+        print("error: --stream applies to --dataset scannetpp only", file=sys.stderr)
+        return 2
+    reader = get_reader(args.dataset, **reader_options)
     if not args.raw.is_dir():
         print(f"error: {args.raw}: raw dataset folder not found", file=sys.stderr)
         return 2
@@ -71,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         scenes = [(s, known[s]) for s in wanted]
     config = {"dataset": args.dataset, "raw": str(args.raw.resolve()), "num_frames": args.num_frames,
-              "verify_frames": not args.no_verify_frames}
+              "verify_frames": not args.no_verify_frames, "reader_options": reader_options}
     jobs, skipped = [], []
     for scene_id, split in scenes:
         scene_dir = root.scene_dir(args.dataset, scene_id)
@@ -81,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         jobs.append({"dataset": args.dataset, "raw": str(args.raw), "scene_id": scene_id, "split": split,
                      "scene_dir": str(scene_dir), "num_frames": args.num_frames,
-                     "verify_frames": not args.no_verify_frames, "config": config})
+                     "verify_frames": not args.no_verify_frames, "reader_options": reader_options,
+                     "config": config})
     errors: list[ErrorRow] = []
     done = 0
     for job, _stats, exc in map_units(ingest_scene, jobs, local=args.local, workers=args.workers,

@@ -23,7 +23,14 @@ class DatasetReader(Protocol):
     def read_scene(self, raw: Path, scene_id: str, split: str) -> CanonicalScene: ...
 
 
-def get_reader(dataset: str) -> DatasetReader:
+def get_reader(dataset: str, **options: str) -> DatasetReader:
+    """The dataset's reader; ``options`` (e.g. ScanNet++'s ``stream="dslr"``) construct a configured one."""
     if dataset not in READERS:
         raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(READERS)}")
-    return importlib.import_module(f"pipeline.sources.{dataset}").READER
+    default = importlib.import_module(f"pipeline.sources.{dataset}").READER
+    if not options:
+        return default
+    try:
+        return type(default)(**options)
+    except TypeError as exc:
+        raise ValueError(f"reader {dataset!r} does not take options {sorted(options)}: {exc}") from None
