@@ -99,4 +99,6 @@ def run(args: argparse.Namespace) -> int:
     for title, status, seconds in results:
         print(f"  {title:<{width}}  {'ok' if status == 0 else f'FAILED ({status})':<12} {seconds:7.1f}s")
     print(f"  dataset root: {config.root}  (vlm3r-data status --root {config.root})")
+    if any(s == 2 for _, s, _ in results):
+        return 2
     return 0 if all(s == 0 for _, s, _ in results) else 1
