@@ -1,0 +1,216 @@
+"""The benchmarks' scoring rules, reproduced exactly (thinking-in-space ``vsibench/utils.py`` and VLM-3R's
+``vstibench/utils.py``), with the bookkeeping they lack: missing predictions count as wrong and are reported,
+unknown ids and malformed lines are counted with their line numbers.
+
+- Multiple choice: the prediction's first space-separated token, trailing periods stripped (``str.rstrip('.')``,
+  which removes every trailing period, not just one), whitespace stripped, compared case-insensitively with the
+  answer letter (``mc_answer`` for VSTI-Bench, ``ground_truth`` for VSI-Bench).
+- Numeric: the same token parsed with Python's ``float`` (failure scores 0), then Mean Relative Accuracy over
+  θ ∈ np.linspace(0.5, 0.95, 10): the fraction of θ with |ŷ − y| / y ≤ 1 − θ.
+- VSI-Bench overall: the unweighted mean of the per-type scores after the three relative-direction levels are
+  averaged into one; VSTI-Bench overall: the flat mean of the per-type scores.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from pipeline.errors import InputError
+from qa_templates.records import correct_letter
+
+DIRECTION_TYPES = ("object_rel_direction_easy", "object_rel_direction_medium", "object_rel_direction_hard")
+DIRECTION_KEY = "object_rel_direction"
+# The evaluators compute the thresholds as np.linspace(.5, .95, int((.95 - .5) / .05 + 2)) = 10 points.
+MRA_THRESHOLDS = np.linspace(0.5, 0.95, int((0.95 - 0.5) / 0.05 + 2))
+VSTI_TYPES = frozenset({
+    "camera_obj_abs_dist", "camera_displacement", "camera_obj_dist_change", "camera_obj_rel_dist_v1",
+    "camera_obj_rel_dist_v2", "camera_obj_rel_dist_v3", "obj_obj_relative_pos_nf", "obj_obj_relative_pos_lr",
+    "obj_obj_relative_pos_ud", "camera_movement_direction",
+})
+
+
+def first_token(prediction: str) -> str:
+    """The evaluators' ``fuzzy_matching``: first token by single spaces, trailing periods and whitespace stripped."""
+    return prediction.split(" ")[0].rstrip(".").strip()
+
+
+def to_float(text: str) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def mean_relative_accuracy(prediction: float, target: float) -> float:
+    """MRA of one numeric prediction (target > 0)."""
+    relative_error = abs(prediction - target) / target
+    return float((relative_error <= 1 - MRA_THRESHOLDS).mean())
+
+
+def score_record(record: dict[str, Any], prediction: str) -> float:
+    """Score in [0, 1] of one prediction for one benchmark record."""
+    token = first_token(prediction)
+    if record.get("options"):
+        return 1.0 if token.lower() == correct_letter(record).lower() else 0.0
+    value = to_float(token)
+    target = to_float(str(record["ground_truth"]))
+    if value is None or target is None:
+        return 0.0
+    return mean_relative_accuracy(value, target)
+
+
+@dataclass
+class ScoreReport:
+    scores: dict[str, float]                   # "overall", per question type (and "object_rel_direction"), percent
+    counts: dict[str, int]                     # questions per type
+    missing: int = 0                           # questions without a prediction (scored 0)
+    unknown_ids: int = 0                       # prediction ids that match no question
+    duplicate_ids: int = 0                     # repeated prediction ids (the first one counts)
+    malformed_lines: list[str] = field(default_factory=list)   # "path:line: problem"
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.scores)
+        out.update(missing=self.missing, unknown_ids=self.unknown_ids, duplicate_ids=self.duplicate_ids,
+                   malformed_lines=len(self.malformed_lines), counts=dict(self.counts))
+        return out
+
+
+def aggregate(per_type_mean: dict[str, float], bench: str) -> float:
+    """Overall score (same unit as the inputs) by the benchmark's rule."""
+    values = dict(per_type_mean)
+    if bench == "vsibench":
+        levels = [values.pop(t) for t in DIRECTION_TYPES if t in values]
+        if levels:
+            values[DIRECTION_KEY] = sum(levels) / len(levels)
+    return sum(values.values()) / len(values) if values else 0.0
+
+
+def detect_bench(questions: Iterable[dict[str, Any]]) -> str:
+    """"vstibench" if the records say so (our ``bench`` field) or carry VSTI-Bench question types, else "vsibench"."""
+    for q in questions:
+        if q.get("bench") in ("vsibench", "vstibench"):
+            return q["bench"]
+        if q.get("question_type") in VSTI_TYPES or "mc_answer" in q:
+            return "vstibench"
+    return "vsibench"
+
+
+def score(questions: list[dict[str, Any]], predictions: dict[Any, str], bench: str | None = None) -> ScoreReport:
+    """Score predictions (id -> text) against benchmark records. Missing predictions score 0 and are counted."""
+    bench = bench or detect_bench(questions)
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    missing = 0
+    for q in questions:
+        qtype = q["question_type"]
+        pred = predictions.get(_id_key(q["id"]))
+        if pred is None:
+            missing += 1
+            value = 0.0
+        else:
+            value = score_record(q, pred)
+        sums[qtype] = sums.get(qtype, 0.0) + value
+        counts[qtype] = counts.get(qtype, 0) + 1
+    per_type = {t: sums[t] / counts[t] for t in sorted(sums)}
+    scores = {t: 100.0 * v for t, v in per_type.items()}
+    if bench == "vsibench":
+        levels = [per_type[t] for t in DIRECTION_TYPES if t in per_type]
+        if levels:
+            scores[DIRECTION_KEY] = 100.0 * sum(levels) / len(levels)
+    scores["overall"] = 100.0 * aggregate(per_type, bench)
+    known = {_id_key(q["id"]) for q in questions}
+    return ScoreReport(scores=scores, counts=dict(sorted(counts.items())), missing=missing,
+                       unknown_ids=sum(1 for k in predictions if k not in known))
+
+
+def _id_key(value: Any) -> str:
+    # Ids may be ints in one file and strings in the other ("12" vs 12): compare them as text.
+    return str(value)
+
+
+def read_jsonl(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Objects of a JSON-lines file and the problems of the lines that are not JSON objects ("path:line: ...")."""
+    rows, problems = [], []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                problems.append(f"{path}:{number}: not valid JSON ({exc.msg})")
+                continue
+            if not isinstance(obj, dict):
+                problems.append(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
+                continue
+            rows.append(obj)
+    return rows, problems
+
+
+def load_questions(path: str | Path) -> list[dict[str, Any]]:
+    """Benchmark records (JSON lines, or one JSON array); a malformed question file is an error, not a count."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "question file not found")
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(path, f"not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+        problems = [] if isinstance(rows, list) and all(isinstance(r, dict) for r in rows) else ["not a list of objects"]
+    else:
+        rows, problems = read_jsonl(path)
+    if problems:
+        raise InputError(path, "; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""))
+    seen: set[str] = set()
+    for i, q in enumerate(rows):
+        lacking = [k for k in ("id", "question_type", "ground_truth") if k not in q]
+        if lacking:
+            raise InputError(path, f"question {i + 1} lacks {lacking}")
+        if q.get("options") and "mc_answer" not in q and not isinstance(q["ground_truth"], str):
+            raise InputError(path, f"question id {q['id']}: multiple-choice ground_truth must be a letter")
+        if not q.get("options"):
+            target = to_float(str(q["ground_truth"]))
+            if target is None or not target > 0:
+                raise InputError(path, f"question id {q['id']}: numeric ground_truth must be a positive number, "
+                                       f"got {q['ground_truth']!r}")
+        key = _id_key(q["id"])
+        if key in seen:
+            raise InputError(path, f"duplicate question id {q['id']}")
+        seen.add(key)
+    return rows
+
+
+def load_predictions(path: str | Path) -> tuple[dict[str, str], list[str], int]:
+    """(id -> prediction text, malformed line messages, duplicate count) of a predictions JSON-lines file with
+    ``{"id": ..., "prediction": "..."}`` per line."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "prediction file not found")
+    rows, problems = read_jsonl(path)
+    predictions: dict[str, str] = {}
+    duplicates = 0
+    for row in rows:
+        if "id" not in row or not isinstance(row.get("prediction"), str):
+            problems.append(f"{path}: line with id {row.get('id')!r}: needs an 'id' and a string 'prediction'")
+            continue
+        key = _id_key(row["id"])
+        if key in predictions:
+            duplicates += 1
+            continue
+        predictions[key] = row["prediction"]
+    return predictions, problems, duplicates
+
+
+def score_files(questions_path: str | Path, predictions_path: str | Path, bench: str | None = None) -> ScoreReport:
+    questions = load_questions(questions_path)
+    predictions, problems, duplicates = load_predictions(predictions_path)
+    report = score(questions, predictions, bench)
+    report.malformed_lines = problems
+    report.duplicate_ids = duplicates
+    return report

@@ -1,0 +1,9 @@
+"""QA tests import their graph factories from this folder (pytest runs in importlib mode, without rootdir on sys.path)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)

@@ -1,0 +1,141 @@
+"""The scorer against hand-computed values and tricky predictions; the eval command on real files."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.cli import main
+from qa_templates.scorer import first_token, mean_relative_accuracy, score, score_files, score_record
+
+VSI_MC = {"id": 0, "question_type": "object_rel_direction_easy", "options": ["A. left", "B. right"], "ground_truth": "A"}
+VSTI_MC = {"id": 1, "question_type": "obj_obj_relative_pos_lr", "options": ["A. Right", "B. Left"],
+           "ground_truth": "Left", "mc_answer": "B"}
+NA_100 = {"id": 2, "question_type": "object_size_estimation", "options": None, "ground_truth": "100"}
+
+
+@pytest.mark.parametrize("prediction, expected", [
+    ("10", 1.0), ("8.5", 0.8), ("11.5", 0.8), ("12.6", 0.5), ("7.2", 0.5), ("3", 0.0), ("25", 0.0), ("-10", 0.0),
+])
+def test_mean_relative_accuracy_hand_values(prediction, expected):
+    # |y^ - y| / y = 0.15 passes theta = .50 ... .85 (8 of 10); 0.26 and 0.28 pass .50 ... .70 (5 of 10).
+    record = {"question_type": "object_abs_distance", "options": None, "ground_truth": "10"}
+    assert score_record(record, prediction) == pytest.approx(expected)
+
+
+def test_mra_thresholds_are_the_ten_published_ones():
+    from qa_templates.scorer import MRA_THRESHOLDS
+    assert len(MRA_THRESHOLDS) == 10
+    assert MRA_THRESHOLDS[0] == 0.5 and MRA_THRESHOLDS[-1] == pytest.approx(0.95)
+    assert mean_relative_accuracy(1.0, 2.0) == pytest.approx(0.1)        # error 0.5 passes theta = 0.5 only
+
+
+@pytest.mark.parametrize("prediction, expected", [
+    ("A", 1.0), ("A.", 1.0), ("a", 1.0), ("A. left", 1.0), ("a..", 1.0), ("(A)", 0.0), ("", 0.0), (" A", 0.0),
+    ("B", 0.0), ("A)", 0.0), ("left", 0.0),
+])
+def test_multiple_choice_tricky_predictions(prediction, expected):
+    assert score_record(VSI_MC, prediction) == expected
+
+
+def test_vsti_multiple_choice_uses_mc_answer():
+    assert score_record(VSTI_MC, "B") == 1.0
+    assert score_record(VSTI_MC, "Left") == 0.0        # the option text is not the letter
+    assert score_record(VSTI_MC, "b.") == 1.0
+
+
+@pytest.mark.parametrize("prediction, expected", [
+    ("1e2", 1.0), ("100.", 1.0), ("100 cm", 1.0), ("3.5m", 0.0), ("", 0.0), ("nan", 0.0), ("inf", 0.0),
+    ("about 100", 0.0), ("90", 0.9),
+])
+def test_numeric_tricky_predictions(prediction, expected):
+    assert score_record(NA_100, prediction) == pytest.approx(expected)
+
+
+def test_first_token():
+    assert first_token("B. sofa is closest") == "B"
+    assert first_token("2.5 meters") == "2.5"
+    assert first_token("") == ""
+
+
+def test_vsi_overall_averages_direction_levels_first():
+    qs = [{"id": 1, "question_type": "object_counting", "options": None, "ground_truth": "4"},
+          {"id": 2, "question_type": "object_rel_direction_easy", "options": ["A. left", "B. right"], "ground_truth": "A"},
+          {"id": 3, "question_type": "object_rel_direction_medium", "options": ["A. left", "B. right", "C. back"],
+           "ground_truth": "C"},
+          {"id": 4, "question_type": "object_rel_direction_hard", "options": ["A. front-left", "B. front-right",
+                                                                             "C. back-left", "D. back-right"],
+           "ground_truth": "D"}]
+    report = score(qs, {"1": "4", "2": "A", "3": "A", "4": "A"}, "vsibench")
+    assert report.scores["object_rel_direction"] == pytest.approx(100 / 3)
+    assert report.scores["overall"] == pytest.approx((100 + 100 / 3) / 2)    # not the flat mean (50)
+    flat = score(qs, {"1": "4", "2": "A", "3": "A", "4": "A"}, "vstibench")
+    assert flat.scores["overall"] == pytest.approx(50.0)
+
+
+def test_missing_predictions_count_as_wrong_and_are_reported():
+    qs = [dict(VSI_MC), dict(NA_100)]
+    report = score(qs, {"0": "A", "99": "B"}, "vsibench")
+    assert report.missing == 1 and report.unknown_ids == 1
+    assert report.scores["object_size_estimation"] == 0.0 and report.scores["overall"] == pytest.approx(50.0)
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+
+
+def test_ground_truth_as_predictions_scores_100_on_generated_questions(tmp_path):
+    from qa_factories import look_pose, make_graph
+    from qa_templates.config import QAConfig
+    from qa_templates.generate import generate_scene
+    from qa_templates.records import answer_for_training, dumps_record
+    from qa_templates.tasks import tasks_for
+
+    g = make_graph([(1, "chair", (0, 0, 0.5), (0.5, 0.5, 1.0)), (2, "table", (2.5, 0, 0.5), (1, 1, 1)),
+                    (3, "sofa", (0, 3, 0.5), (2, 1, 1)), (4, "lamp", (3, 3, 0.5), (0.3, 0.3, 1)),
+                    (5, "cup", (1, 1, 1), (0.1, 0.1, 0.1)), (6, "cup", (1.2, 1, 1), (0.1, 0.1, 0.1))],
+                   poses=[look_pose((0, -3 + 0.1 * k, 1.5), (0, 1, 0)) for k in range(32)],
+                   visibility=[(k, i) for k in range(32) for i in range(1, 7)], room={"floor_area_m2": 20.04})
+    for bench in ("vsibench", "vstibench"):
+        records = generate_scene(g, bench, tasks_for(bench), 0, QAConfig()).records
+        for i, r in enumerate(records):
+            r["id"] = i
+        assert len({r["question_type"] for r in records}) >= 8
+        q = tmp_path / f"{bench}.jsonl"
+        q.write_text("".join(dumps_record(r) + "\n" for r in records))
+        p = tmp_path / f"{bench}_pred.jsonl"
+        _write_jsonl(p, [{"id": r["id"], "prediction": answer_for_training(r)} for r in records])
+        report = score_files(q, p)
+        assert report.scores["overall"] == pytest.approx(100.0)
+        assert all(v == pytest.approx(100.0) for v in report.scores.values())
+        assert report.missing == 0
+
+
+def test_eval_command_writes_scores_and_counts_bad_lines(tmp_path, capsys):
+    q = tmp_path / "q.jsonl"
+    _write_jsonl(q, [VSI_MC, NA_100, {"id": 3, "question_type": "object_counting", "options": None, "ground_truth": "2"}])
+    p = tmp_path / "p.jsonl"
+    _write_jsonl(p, [{"id": 0, "prediction": "A."}, {"id": 2, "prediction": "90"}, "{not json",
+                     {"id": 7, "prediction": "1"}, {"id": 0, "prediction": "B"}, {"id": 5}, "[1, 2]"])
+    out = tmp_path / "scores.json"
+    assert main(["eval", "--questions", str(q), "--predictions", str(p), "--out", str(out)]) == 0
+    scores = json.loads(out.read_text())
+    assert scores["object_rel_direction_easy"] == 100.0
+    assert scores["object_size_estimation"] == pytest.approx(90.0)
+    assert scores["object_counting"] == 0.0
+    assert scores["missing"] == 1 and scores["unknown_ids"] == 1 and scores["duplicate_ids"] == 1
+    assert scores["malformed_lines"] == 3
+    assert scores["overall"] == pytest.approx((100 + 90 + 0) / 3)
+    printed = capsys.readouterr()
+    assert "missing predictions: 1" in printed.out and "overall" in printed.out
+    assert "not valid JSON" in printed.err
+
+
+def test_eval_command_rejects_bad_question_files(tmp_path, capsys):
+    q = tmp_path / "q.jsonl"
+    _write_jsonl(q, [{"id": 1, "question_type": "object_counting", "options": None, "ground_truth": "0"}])
+    p = tmp_path / "p.jsonl"
+    _write_jsonl(p, [{"id": 1, "prediction": "1"}])
+    assert main(["eval", "--questions", str(q), "--predictions", str(p)]) == 2
+    assert "numeric ground_truth must be a positive number" in capsys.readouterr().err
+    assert main(["eval", "--questions", str(tmp_path / "nope.jsonl"), "--predictions", str(p)]) == 2
