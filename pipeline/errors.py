@@ -22,6 +22,9 @@ class InputError(Exception):
         self.problem = problem
         super().__init__(f"{path}: {problem}")
 
+    def __reduce__(self):  # two-argument constructor: tell pickle (and so Ray) how to rebuild it
+        return (type(self), (self.path, self.problem))
+
 
 @dataclass(frozen=True)
 class ErrorRow:

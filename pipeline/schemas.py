@@ -186,5 +186,38 @@ VISIBILITY_SCHEMA = pa.schema([
     ("bbox_2d", pa.list_(pa.int32(), 4)), # [xmin, ymin, xmax, ymax] inclusive pixels of the upright image
     ("visible_pixels", pa.int64()),
     ("visible_fraction", pa.float64()),   # visible pixels / pixels of the object's whole projection in the frame
-    ("source", pa.string()),              # "instance_mask" or "mesh_projection"
+    ("source", pa.string()),              # "instance_mask", "mesh_projection", or "vlm3r_bbox" (imported metadata:
+                                          # visible_pixels = 2D box area, visible_fraction = NaN)
+])
+
+
+# ---- navigation routes (ROOT/routes/<dataset>/<scene_id>.parquet) -----------------------------------------------
+
+# One row per route sampled on the scene's navigable floor (z-up world, metres, headings counter-clockwise from +x).
+# A route is legs of "Go forward until <landmark>"; ``turns[k]`` is the turn made before leg k + (0 if
+# starts_with_turn else 1), so len(turns) = len(landmark_labels) - (0 if starts_with_turn else 1).
+ROUTES_SCHEMA = pa.schema([
+    ("dataset", pa.string()),
+    ("scene_id", pa.string()),
+    ("route_index", pa.int32()),          # 0..R-1 within the scene, in generation order
+    ("kind", pa.string()),                # "forward", "reversed" (of route parent_index) or "partial" (its prefix)
+    ("parent_index", pa.int32()),         # route_index of the route it was derived from; -1 for "forward"
+    ("backend", pa.string()),             # navigation backend: "grid" or "habitat"
+    ("start_instance_id", pa.int64()), ("start_label", pa.string()),
+    ("facing_instance_id", pa.int64()), ("facing_label", pa.string()),
+    ("goal_instance_id", pa.int64()), ("goal_label", pa.string()),
+    ("start", _vec(3)),
+    ("goal", _vec(3)),
+    ("start_heading_deg", pa.float64()),  # initial heading: towards the facing object
+    ("corner_points", pa.list_(_vec(3))), # simplified geodesic path, start and goal included
+    ("starts_with_turn", pa.bool_()),
+    ("turns", pa.list_(pa.string())),     # "Turn Left" / "Turn Right" / "Turn Back"
+    ("turn_angles_deg", pa.list_(pa.float64())),  # signed heading change of each turn (+ = left)
+    ("turn_points", pa.list_(_vec(3))),   # where each turn is made
+    ("landmark_instance_ids", pa.list_(pa.int64())),  # per leg: the unique object at its end (last = goal)
+    ("landmark_labels", pa.list_(pa.string())),
+    ("leg_lengths_m", pa.list_(pa.float64())),
+    ("geodesic_length_m", pa.float64()),
+    ("euclidean_length_m", pa.float64()),
+    ("num_turns", pa.int32()),
 ])

@@ -77,3 +77,12 @@ def test_errors_table_replaces_rows_of_rerun(tmp_path):
     assert {(r.stage, r.scene_id) for r in read_errors(path)} == {("ingest", "a"), ("graph", "b")}
     record_errors(path, "ingest", [("scannet", "a")], [])  # a successful rerun clears the row
     assert {(r.stage, r.scene_id) for r in read_errors(path)} == {("graph", "b")}
+
+
+def test_input_error_survives_pickling():
+    import pickle
+
+    from pipeline.errors import InputError
+
+    err = pickle.loads(pickle.dumps(InputError("/data/x.sens", "truncated: wanted 10 bytes")))
+    assert isinstance(err, InputError) and err.path == "/data/x.sens" and str(err) == "/data/x.sens: truncated: wanted 10 bytes"
