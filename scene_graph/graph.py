@@ -232,7 +232,8 @@ def _nearest_per_key(owner: np.ndarray, pix: np.ndarray, z: np.ndarray, num_pixe
     key = owner * num_pixels + pix
     order = np.lexsort((z, key))
     key, z = key[order], z[order]
-    first = np.r_[True, key[1:] != key[:-1]]
+    first = np.ones(len(key), bool)  # np.r_[True, ...] would be one too long for a frame that sees no object
+    first[1:] = key[1:] != key[:-1]
     key, z = key[first], z[first]
     return key // num_pixels, key % num_pixels, z
 

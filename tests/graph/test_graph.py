@@ -159,3 +159,16 @@ def test_write_read_round_trip(tmp_path, kit, room_scene):
     with pytest.raises(SchemaError):
         write_graph(tmp_path / "i", graph)
     assert isinstance(bad, pa.Table)
+
+
+def test_frame_that_sees_no_object_has_no_visibility_rows(kit):
+    # Turn every camera around (facing -x, away from the chair and table): no object is in view.
+    scene = kit.build_room_scene(num_frames=2)
+    manifest = build_manifest(scene.frames)
+    poses = column_as_array(manifest, "camera_to_world").reshape(-1, 4, 4).copy()
+    poses[:, :3, :3] = np.diag([-1.0, -1.0, 1.0]) @ kit.CAMERA_ROT
+    manifest = table_from_columns(MANIFEST_SCHEMA, {**{n: manifest.column(n).to_pylist() for n in MANIFEST_SCHEMA.names},
+                                                    "camera_to_world": poses.reshape(-1, 16)})
+    graph = build_scene_graph(scene, manifest)
+    assert graph.visibility.num_rows == 0
+    assert graph.frames.num_rows == 2
