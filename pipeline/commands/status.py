@@ -1,0 +1,28 @@
+"""``vlm3r-data status``: done / total / failed per stage of a dataset root, and where the outputs are."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "print done / total / failed per stage of a dataset root and where each stage's outputs are"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", required=True, type=Path, help="dataset root (ROOT)")
+    parser.add_argument("--json", action="store_true", help="print the status as JSON instead of a table")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.atomic import dumps_json
+    from pipeline.errors import InputError
+    from pipeline.layout import DatasetRootError
+    from pipeline.status import format_table, root_status
+
+    try:
+        status = root_status(args.root)
+    except (InputError, DatasetRootError) as exc:
+        print(f"vlm3r-data status: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(dumps_json(status.to_json()) if args.json else format_table(status))
+    return 0

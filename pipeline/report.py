@@ -1,0 +1,651 @@
+"""The dataset report: ``ROOT/report/report.md`` with PNG plots under ``ROOT/report/plots/``.
+
+What it shows: the stage status table, questions per task (per bench and split), option-letter balance and the most
+frequent answers of multiple-choice tasks, numeric-answer histograms, frames and tokens per scene, shard sizes
+(token and training shards), failures by cause (error_type per stage) and, when the routes stage ran, route
+statistics with links to its per-scene plots.
+
+:func:`collect` reads the root (read-only) into a :class:`ReportData`; :func:`render_markdown` and the ``plot_*``
+functions are pure; :func:`write_report` writes everything atomically. The output is deterministic: no timestamps,
+fixed figure sizes and DPI, matplotlib's default style whatever the user's matplotlibrc, and PNGs saved without the
+"Software" metadata, so rerunning on the same root gives byte-identical files. Figures are drawn on the Agg canvas
+directly (no pyplot): no display, no global figure state, whatever backend the process chose.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from pipeline.atomic import atomic_path, write_text
+from pipeline.errors import InputError
+from pipeline.layout import DONE_MARKER, DatasetRoot, scene_key
+from pipeline.status import (TRAIN_SHARDS_DIR, RootStatus, iter_qa_records, load_errors, qa_files,
+                             read_json_or_error, root_status, shard_records)
+
+REPORT_DIR = "report"
+REPORT_NAME = "report.md"
+PLOTS_DIR = "plots"          # inside the report folder; every PNG in it is this module's (stale ones are removed)
+PLOT_DPI = 100
+TOP_ANSWERS = 8              # most frequent answers shown per multiple-choice task
+HISTOGRAM_BINS = 20
+DISCRETE_VALUES = 12         # at most this many distinct whole numbers are drawn as one bar each
+_LABEL_CHARS = 40            # longer axis labels are cut (the tables keep the full text)
+
+
+# ---- data --------------------------------------------------------------------------------------------------------
+
+@dataclass
+class TaskAnswers:
+    """The answers of one (bench, task) over all splits."""
+
+    questions_per_split: dict[str, int] = field(default_factory=dict)
+    letters: Counter = field(default_factory=Counter)          # correct option letter -> questions (multiple choice)
+    max_options: int = 0                                       # most options a question of the task offers
+    answer_texts: Counter = field(default_factory=Counter)     # correct option text -> questions (multiple choice)
+    numeric: list[float] = field(default_factory=list)         # ground-truth values as the benchmark states them
+
+    @property
+    def questions(self) -> int:
+        return sum(self.questions_per_split.values())
+
+    @property
+    def multiple_choice(self) -> int:
+        return sum(self.letters.values())
+
+
+@dataclass
+class QaFile:
+    bench: str
+    split: str
+    path: str                                                  # relative to the root
+    questions: int
+    scenes: int                                                # scenes with at least one question
+
+
+@dataclass
+class SceneSize:
+    key: str
+    stream_frames: int                                         # frames of the source stream
+    valid_frames: int                                          # of which with a finite pose
+    manifest_frames: int                                       # frames the scene contributes (frame manifest)
+    tokens: int | None = None                                  # geometry tokens T x (patches + 1 camera token)
+    sample_bytes: int | None = None                            # bytes of the scene's token-shard sample
+
+
+@dataclass
+class ShardSet:
+    name: str                                                  # "tokens" or "train_shards"
+    files: list[str]
+    sizes_bytes: list[int]
+    samples: list[int]
+    questions: list[int] | None = None                         # training shards: QA records per shard
+
+
+@dataclass
+class ReportData:
+    status: RootStatus
+    qa_files: list[QaFile]
+    tasks: dict[tuple[str, str], TaskAnswers]                  # (bench, task) -> answers
+    scenes: list[SceneSize]
+    shards: list[ShardSet]
+    failures: Counter                                          # (stage, error_type) -> rows
+    failure_examples: dict[tuple[str, str], list[str]]         # (stage, error_type) -> "dataset/scene_id"
+    routes_per_scene: dict[str, int]                           # scene key -> routes
+    route_turns: list[int]                                     # turns of every route
+    route_plots: list[str]                                     # absolute paths of the routes stage's PNGs
+
+    @property
+    def total_questions(self) -> int:
+        return sum(f.questions for f in self.qa_files)
+
+
+def _numeric_answer(record: dict[str, Any], path: Path) -> float:
+    try:
+        return float(record["answer_text"] if "answer_text" in record else record["ground_truth"])
+    except (KeyError, TypeError, ValueError):
+        raise InputError(path, f"record {record.get('qa_key', record.get('id'))!r}: numeric question without a "
+                               "numeric answer") from None
+
+
+def _collect_qa(root: DatasetRoot) -> tuple[list[QaFile], dict[tuple[str, str], TaskAnswers]]:
+    files, tasks = [], defaultdict(TaskAnswers)
+    for bench, split, path in qa_files(root):
+        n, scenes = 0, set()
+        for record in iter_qa_records(path):
+            n += 1
+            scenes.add(record["scene_key"])
+            task = tasks[(bench, str(record["task"]))]
+            task.questions_per_split[split] = task.questions_per_split.get(split, 0) + 1
+            if record.get("options"):
+                # VSTI-Bench keeps the letter in mc_answer (its ground_truth is the option text); VSI-Bench in
+                # ground_truth (see qa_templates/records.py).
+                task.letters[str(record.get("mc_answer", record.get("ground_truth")))] += 1
+                task.max_options = max(task.max_options, len(record["options"]))
+                task.answer_texts[str(record.get("answer_text", ""))] += 1
+            else:
+                task.numeric.append(_numeric_answer(record, path))
+        files.append(QaFile(bench, split, path.relative_to(root.path).as_posix(), n, len(scenes)))
+    return files, dict(sorted(tasks.items()))
+
+
+def _sample_sizes(shard: Path) -> dict[str, tuple[int | None, int]]:
+    """key -> (geometry tokens, sample bytes) from one token shard's headers and ``meta.json`` members (the token
+    arrays themselves are skipped, not read)."""
+    sizes: dict[str, int] = defaultdict(int)
+    tokens: dict[str, int | None] = {}
+    try:
+        with tarfile.open(shard, "r:") as tar:
+            for member in tar:
+                key, _, suffix = member.name.partition(".")
+                sizes[key] += member.size
+                if suffix == "meta.json":
+                    fh = tar.extractfile(member)
+                    meta = json.loads(fh.read()) if fh is not None else {}
+                    # camera.npy [T, 1, C] + patch.npy [T, N, C]: T x (N + 1) tokens.
+                    tokens[key] = int(meta["num_frames"]) * (int(meta["num_patches"]) + 1)
+    except (tarfile.TarError, OSError, ValueError, KeyError) as exc:
+        raise InputError(shard, f"unreadable token shard ({exc!r})") from None
+    return {k: (tokens.get(k), sizes[k]) for k in sorted(sizes)}
+
+
+def _collect_scenes(root: DatasetRoot, token_records: list[dict[str, Any]]) -> list[SceneSize]:
+    per_key: dict[str, tuple[int | None, int]] = {}
+    for record in token_records:
+        per_key.update(_sample_sizes(root.tokens_dir / record["file"]))
+    out = []
+    for ds, sid in root.scenes():
+        marker = root.scene_dir(ds, sid) / DONE_MARKER
+        stats = read_json_or_error(marker)
+        try:
+            frames = (int(stats["frames"]), int(stats["valid_frames"]), int(stats["manifest_frames"]))
+        except (KeyError, TypeError, ValueError):
+            raise InputError(marker, "scene done-marker without frames / valid_frames / manifest_frames") from None
+        key = scene_key(ds, sid)
+        tokens, nbytes = per_key.get(key, (None, None))
+        out.append(SceneSize(key, *frames, tokens=tokens, sample_bytes=nbytes))
+    return out
+
+
+def _collect_shards(root: DatasetRoot, token_records: list[dict[str, Any]]) -> list[ShardSet]:
+    out = []
+    if token_records:
+        out.append(ShardSet("tokens", [r["file"] for r in token_records], [r["size_bytes"] for r in token_records],
+                            [len(r["keys"]) for r in token_records]))
+    train_dir = root.path / TRAIN_SHARDS_DIR
+    train_records = shard_records(train_dir)
+    if train_records:
+        counts_path = train_dir / "qa_counts.json"   # pipeline/pack.py QA_COUNTS: {shard file: {key: questions}}
+        counts = read_json_or_error(counts_path) if counts_path.is_file() else {}
+        questions = [sum(counts[r["file"]].values()) if r["file"] in counts else 0 for r in train_records] \
+            if counts else None
+        out.append(ShardSet("train_shards", [r["file"] for r in train_records],
+                            [r["size_bytes"] for r in train_records], [len(r["keys"]) for r in train_records],
+                            questions))
+    return out
+
+
+def _collect_routes(root: DatasetRoot) -> tuple[dict[str, int], list[int], list[str]]:
+    from pipeline.schemas import ROUTES_SCHEMA, SchemaError, column_as_array, read_table
+
+    per_scene, turns = {}, []
+    for ds, sid in root.scenes():
+        table_path = root.routes_dir / ds / f"{sid}.parquet"
+        if not (root.routes_dir / ds / f"{sid}{DONE_MARKER}").is_file() or not table_path.is_file():
+            continue
+        try:
+            table = read_table(table_path, ROUTES_SCHEMA)
+        except SchemaError as exc:
+            raise InputError(table_path, str(exc)) from None
+        per_scene[scene_key(ds, sid)] = table.num_rows
+        turns += column_as_array(table, "num_turns").astype(int).tolist()
+    plots_dir = root.routes_dir / "plots"
+    plots = [str(p) for p in sorted(plots_dir.glob("*/*.png"))] if plots_dir.is_dir() else []
+    return per_scene, turns, plots
+
+
+def collect(root: DatasetRoot | str | Path, available: list[str] | None = None) -> ReportData:
+    """Read everything the report shows from ``root`` (read-only). Malformed inputs raise InputError naming the file."""
+    root = root if isinstance(root, DatasetRoot) else DatasetRoot(root)
+    status = root_status(root, available)
+    qa, tasks = _collect_qa(root)
+    token_records = shard_records(root.tokens_dir)
+    failures: Counter = Counter()
+    examples: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for row in load_errors(root):
+        failures[(row.stage, row.error_type)] += 1
+        examples[(row.stage, row.error_type)].append(f"{row.dataset}/{row.scene_id}")
+    routes_per_scene, turns, plots = _collect_routes(root)
+    return ReportData(status, qa, tasks, _collect_scenes(root, token_records), _collect_shards(root, token_records),
+                      failures, {k: sorted(v) for k, v in sorted(examples.items())}, routes_per_scene, turns, plots)
+
+
+# ---- plots (pure: data -> matplotlib Figure, or None when there is nothing to show) -------------------------------
+
+def _short(label: str) -> str:
+    return label if len(label) <= _LABEL_CHARS else label[:_LABEL_CHARS - 3] + "..."
+
+
+def _integer_axis():
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True, min_n_ticks=1)   # whole-number ticks even when one integer is in view
+
+
+def _figure(width_in: float, height_in: float, rows: int = 1, cols: int = 1):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width_in, height_in), dpi=PLOT_DPI)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    return fig, axes
+
+
+def _histogram(ax, values, color: str) -> None:
+    """Histogram that treats whole numbers as such: with few distinct integers (32 manifest frames in every scene,
+    object counts 2..5) one labelled bar per value, otherwise ``HISTOGRAM_BINS`` bins; never an axis offset."""
+    a = np.asarray(values, dtype=np.float64)
+    distinct, counts = np.unique(a, return_counts=True)
+    if np.all(distinct == np.round(distinct)) and len(distinct) <= DISCRETE_VALUES:
+        ax.bar(np.arange(len(distinct)), counts, width=0.8, color=color,
+               tick_label=[str(int(v)) for v in distinct])
+    else:
+        ax.hist(a, bins=HISTOGRAM_BINS, color=color)
+        ax.ticklabel_format(axis="x", useOffset=False, style="plain")
+
+
+def _bars_height(bars: int) -> float:
+    """Inches for a horizontal bar chart: a fixed margin plus a fixed height per bar (never squashed)."""
+    return max(2.5, 1.2 + 0.28 * bars)
+
+
+def _hide_unused(axes, used: int) -> None:
+    for ax in axes.flat[used:]:
+        ax.set_visible(False)
+
+
+def plot_questions_per_task(data: ReportData):
+    if not data.tasks:
+        return None
+    labels = [f"{bench}/{task}" for bench, task in data.tasks]
+    splits = sorted({s for t in data.tasks.values() for s in t.questions_per_split})
+    fig, axes = _figure(9, _bars_height(len(labels)))
+    ax = axes[0, 0]
+    y = np.arange(len(labels))
+    left = np.zeros(len(labels))
+    for k, split in enumerate(splits):
+        counts = np.array([t.questions_per_split.get(split, 0) for t in data.tasks.values()], dtype=float)
+        ax.barh(y, counts, left=left, color=f"C{k}", label=split)
+        left += counts
+    ax.set_yticks(y, [_short(lbl) for lbl in labels], fontsize=7)
+    ax.invert_yaxis()
+    ax.xaxis.set_major_locator(_integer_axis())
+    ax.set_xlabel("questions")
+    ax.set_title(f"Questions per task ({data.total_questions} in total)", fontsize=9, loc="left")
+    # Above the axes, so it never hides a bar.
+    ax.legend(title="split", fontsize=7, title_fontsize=7, ncol=len(splits), loc="lower right",
+              bbox_to_anchor=(1.0, 1.0), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def _mc_tasks(data: ReportData) -> list[tuple[str, TaskAnswers]]:
+    return [(f"{b}/{t}", a) for (b, t), a in data.tasks.items() if a.multiple_choice]
+
+
+def _numeric_tasks(data: ReportData) -> list[tuple[str, TaskAnswers]]:
+    return [(f"{b}/{t}", a) for (b, t), a in data.tasks.items() if a.numeric]
+
+
+def plot_letter_balance(data: ReportData):
+    tasks = _mc_tasks(data)
+    if not tasks:
+        return None
+    letters = sorted({letter for _, t in tasks for letter in t.letters})
+    fig, axes = _figure(9, _bars_height(len(tasks)))
+    ax = axes[0, 0]
+    y = np.arange(len(tasks))
+    left = np.zeros(len(tasks))
+    for k, letter in enumerate(letters):
+        share = np.array([t.letters.get(letter, 0) / t.multiple_choice for _, t in tasks])
+        ax.barh(y, share, left=left, color=f"C{k}", label=letter)
+        left += share
+    ax.set_yticks(y, [_short(name) for name, _ in tasks], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("share of the task's questions whose correct option has this letter")
+    ax.set_title("Option-letter balance (multiple choice)", fontsize=9, loc="left")
+    ax.legend(title="letter", fontsize=7, title_fontsize=7, ncol=len(letters), loc="lower right",
+              bbox_to_anchor=(1.0, 1.0), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def _grid(n: int, cols: int = 3) -> tuple[int, int]:
+    return max(1, -(-n // cols)), min(cols, n)
+
+
+def plot_mc_answers(data: ReportData):
+    tasks = _mc_tasks(data)
+    if not tasks:
+        return None
+    rows, cols = _grid(len(tasks))
+    fig, axes = _figure(4.0 * cols, 2.6 * rows, rows, cols)
+    for ax, (name, task) in zip(axes.flat, tasks):
+        top = _top_answers(task)
+        ax.barh(np.arange(len(top)), [n for _, n in top], color="C0")
+        ax.set_yticks(np.arange(len(top)), [_short(a)[:24] for a, _ in top], fontsize=6)
+        ax.invert_yaxis()
+        ax.set_title(_short(name), fontsize=7)
+        ax.tick_params(axis="x", labelsize=6)
+    _hide_unused(axes, len(tasks))
+    fig.suptitle(f"Most frequent correct answers (top {TOP_ANSWERS} per task)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _top_answers(task: TaskAnswers) -> list[tuple[str, int]]:
+    # Ties broken by the answer text, so the order never depends on the input order.
+    return sorted(task.answer_texts.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_ANSWERS]
+
+
+def plot_numeric_answers(data: ReportData):
+    tasks = _numeric_tasks(data)
+    if not tasks:
+        return None
+    rows, cols = _grid(len(tasks))
+    fig, axes = _figure(4.0 * cols, 2.6 * rows, rows, cols)
+    for ax, (name, task) in zip(axes.flat, tasks):
+        _histogram(ax, task.numeric, "C2")
+        ax.set_title(f"{_short(name)} (n={len(task.numeric)})", fontsize=7)
+        ax.set_ylabel("questions", fontsize=6)
+        ax.tick_params(labelsize=6)
+    _hide_unused(axes, len(tasks))
+    fig.suptitle("Numeric ground-truth answers (benchmark units)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_frames_tokens(data: ReportData):
+    if not data.scenes:
+        return None
+    tokens = [s.tokens for s in data.scenes if s.tokens is not None]
+    fig, axes = _figure(10, 3.2, 1, 3 if tokens else 2)
+    ax = axes[0, 0]
+    _histogram(ax, [s.stream_frames for s in data.scenes], "C0")
+    ax.set_title("source frames per scene", fontsize=8)
+    ax = axes[0, 1]
+    _histogram(ax, [s.manifest_frames for s in data.scenes], "C1")
+    ax.set_title("manifest frames per scene", fontsize=8)
+    if tokens:
+        ax = axes[0, 2]
+        _histogram(ax, tokens, "C4")
+        ax.set_title("geometry tokens per scene", fontsize=8)
+    for ax in axes.flat:
+        ax.set_ylabel("scenes", fontsize=7)
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_shard_sizes(data: ReportData):
+    if not data.shards:
+        return None
+    fig, axes = _figure(9, 3.0, 1, len(data.shards))
+    for ax, shards in zip(axes.flat, data.shards):
+        x = np.arange(len(shards.files))
+        ax.bar(x, np.asarray(shards.sizes_bytes) / 1e6, color="C0")
+        ax.xaxis.set_major_locator(_integer_axis())
+        ax.set_xlabel("shard index", fontsize=7)
+        ax.set_ylabel("MB", fontsize=7)
+        ax.set_title(f"{shards.name}: {len(shards.files)} shards, {sum(shards.samples)} samples", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_failures(data: ReportData):
+    if not data.failures:
+        return None
+    items = sorted(data.failures.items())
+    fig, axes = _figure(8, _bars_height(len(items)))
+    ax = axes[0, 0]
+    stages = sorted({stage for (stage, _), _ in items})
+    colours = {stage: f"C{k}" for k, stage in enumerate(stages)}
+    y = np.arange(len(items))
+    ax.barh(y, [n for _, n in items], color=[colours[stage] for (stage, _), _ in items])
+    ax.set_yticks(y, [_short(f"{stage}: {etype}") for (stage, etype), _ in items], fontsize=7)
+    ax.invert_yaxis()
+    ax.xaxis.set_major_locator(_integer_axis())
+    ax.set_xlabel("failed inputs (error rows)")
+    ax.set_title("Failures by cause", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_route_turns(data: ReportData):
+    if not data.route_turns:
+        return None
+    fig, axes = _figure(5, 3.0)
+    ax = axes[0, 0]
+    _histogram(ax, data.route_turns, "C3")
+    ax.set_xlabel("turns per route")
+    ax.set_ylabel("routes")
+    ax.set_title(f"{len(data.route_turns)} routes in {len(data.routes_per_scene)} scenes", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+PLOTS: dict[str, Callable[[ReportData], Any]] = {
+    "questions_per_task.png": plot_questions_per_task,
+    "letter_balance.png": plot_letter_balance,
+    "mc_answers.png": plot_mc_answers,
+    "numeric_answers.png": plot_numeric_answers,
+    "frames_tokens.png": plot_frames_tokens,
+    "shard_sizes.png": plot_shard_sizes,
+    "failures.png": plot_failures,
+    "route_turns.png": plot_route_turns,
+}
+
+
+def save_png(fig, path: Path) -> None:
+    """Atomic, deterministic PNG: no "Software" metadata (the only varying field Agg would write)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=PLOT_DPI, metadata={"Software": None})
+
+
+# ---- Markdown ------------------------------------------------------------------------------------------------------
+
+def _table(header: list[str], rows: list[list[Any]], left: int = 1) -> list[str]:
+    """A Markdown table; the first ``left`` columns and every column whose cells are not all numbers align left."""
+    def cell(value: Any) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    def is_number(value: Any) -> bool:
+        try:
+            float(str(value))
+            return True
+        except ValueError:
+            return False
+
+    align = ["---:" if i >= left and rows and all(is_number(r[i]) for r in rows) else "---"
+             for i in range(len(header))]
+    return ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"] + \
+        ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+
+
+def _number(value: float, decimals: int) -> str:
+    # Whole numbers (frame counts, most medians of counts) without a misleading ".0".
+    return str(int(value)) if float(value).is_integer() else f"{value:.{decimals}f}"
+
+
+def _summary(values: list[float], decimals: int = 1) -> list[str]:
+    """min, median, mean, max."""
+    a = np.asarray(values, dtype=np.float64)
+    return [_number(v, decimals) for v in (a.min(), np.median(a), a.mean(), a.max())]
+
+
+def _image(lines: list[str], plots: dict[str, str], name: str, alt: str) -> None:
+    if name in plots:
+        lines += ["", f"![{alt}]({plots[name]})"]
+
+
+def _rel(path: str | Path, start: Path) -> str:
+    return Path(os.path.relpath(Path(path).resolve(), start.resolve())).as_posix()
+
+
+def render_markdown(data: ReportData, plots: dict[str, str], out_dir: Path) -> str:
+    """The report text. ``plots``: plot file name -> link (relative to ``out_dir``) of the plots that were written."""
+    lines = ["# Dataset report", "", f"Dataset root: `{data.status.root}`"
+             + (f" (vlm3r-data {data.status.code_version})" if data.status.code_version else "") + ".", ""]
+
+    lines += ["## Stages", ""]
+    lines += _table(["stage", "state", "done", "total", "failed", "pending", "unit", "outputs (in the root)"],
+                    [[s.stage, s.state, s.done, s.total, s.failed, s.pending, s.unit,
+                      f"`{_rel(s.outputs, Path(data.status.root))}`" if s.outputs else ""]
+                     for s in data.status.stages],
+                    left=2)
+
+    lines += ["", "## Questions", ""]
+    if not data.qa_files:
+        lines.append("No QA files (run `vlm3r-data qa`).")
+    else:
+        lines += [f"Total questions: **{data.total_questions}** in {len(data.qa_files)} files.", ""]
+        lines += _table(["file", "questions", "scenes with questions"],
+                        [[f"`{f.path}`", f.questions, f.scenes] for f in data.qa_files])
+        splits = sorted({s for t in data.tasks.values() for s in t.questions_per_split})
+        lines += ["", "Questions per task and split:", ""]
+        lines += _table(["bench", "task", *splits, "total"],
+                        [[b, t, *[a.questions_per_split.get(s, 0) for s in splits], a.questions]
+                         for (b, t), a in data.tasks.items()], left=2)
+        _image(lines, plots, "questions_per_task.png", "questions per task")
+
+    mc = [(k, a) for k, a in data.tasks.items() if a.multiple_choice]
+    if mc:
+        letters = sorted({letter for _, a in mc for letter in a.letters})
+        lines += ["", "## Option-letter balance (multiple choice)", "",
+                  "Questions per correct-option letter; `max dev` is the largest distance of a letter's share "
+                  "from the uniform share over the task's options (1 / options).", ""]
+        rows = []
+        for (b, t), a in mc:
+            offered = "ABCDEFGHIJ"[:a.max_options]
+            uniform = 1.0 / max(len(offered), 1)
+            dev = max(abs(a.letters.get(letter, 0) / a.multiple_choice - uniform) for letter in offered)
+            rows.append([b, t, a.multiple_choice, *[a.letters.get(letter, 0) for letter in letters], f"{dev:.3f}"])
+        lines += _table(["bench", "task", "questions", *letters, "max dev"], rows, left=2)
+        _image(lines, plots, "letter_balance.png", "option-letter balance")
+        lines += ["", "## Answer distributions (multiple choice)", ""]
+        lines += _table(["bench", "task", "distinct answers", f"most frequent (top {TOP_ANSWERS})"],
+                        [[b, t, len(a.answer_texts), "; ".join(f"{ans} ({n})" for ans, n in _top_answers(a))]
+                         for (b, t), a in mc], left=2)
+        _image(lines, plots, "mc_answers.png", "most frequent answers")
+
+    numeric = [(k, a) for k, a in data.tasks.items() if a.numeric]
+    if numeric:
+        lines += ["", "## Numeric answers", ""]
+        lines += _table(["bench", "task", "questions", "min", "median", "mean", "max"],
+                        [[b, t, len(a.numeric), *_summary(a.numeric, 2)] for (b, t), a in numeric], left=2)
+        _image(lines, plots, "numeric_answers.png", "numeric answer histograms")
+
+    lines += ["", "## Frames and tokens per scene", ""]
+    if not data.scenes:
+        lines.append("No ingested scenes.")
+    else:
+        rows = [["source frames", len(data.scenes), *_summary([s.stream_frames for s in data.scenes])],
+                ["valid frames", len(data.scenes), *_summary([s.valid_frames for s in data.scenes])],
+                ["manifest frames", len(data.scenes), *_summary([s.manifest_frames for s in data.scenes])]]
+        with_tokens = [s for s in data.scenes if s.tokens is not None]
+        if with_tokens:
+            rows.append(["geometry tokens", len(with_tokens), *_summary([s.tokens for s in with_tokens])])
+            rows.append(["token sample MB", len(with_tokens),
+                         *_summary([s.sample_bytes / 1e6 for s in with_tokens], 2)])
+        lines += _table(["per scene", "scenes", "min", "median", "mean", "max"], rows)
+        _image(lines, plots, "frames_tokens.png", "frames and tokens per scene")
+
+    lines += ["", "## Shards", ""]
+    if not data.shards:
+        lines.append("No complete shards.")
+    else:
+        rows = []
+        for s in data.shards:
+            mb = [b / 1e6 for b in s.sizes_bytes]
+            rows.append([f"`{s.name}`", len(s.files), sum(s.samples),
+                         "" if s.questions is None else sum(s.questions), f"{sum(mb):.2f}",
+                         *[_summary(mb, 2)[i] for i in (0, 1, 3)]])
+        lines += _table(["shards", "files", "samples", "questions", "total MB", "min MB", "median MB", "max MB"],
+                        rows)
+        _image(lines, plots, "shard_sizes.png", "shard sizes")
+
+    lines += ["", "## Failures by cause", ""]
+    if not data.failures:
+        lines.append("No error rows.")
+    else:
+        lines += [f"{sum(data.failures.values())} error row(s) in `{_rel(data.status.errors_path, out_dir)}`.", ""]
+        rows = []
+        for (stage, etype), n in sorted(data.failures.items()):
+            examples = data.failure_examples[(stage, etype)]
+            rows.append([stage, etype, n, ", ".join(examples[:5]) + (" ..." if len(examples) > 5 else "")])
+        lines += _table(["stage", "error type", "rows", "scenes"], rows, left=2)
+        _image(lines, plots, "failures.png", "failures by cause")
+
+    if data.routes_per_scene or data.route_plots:
+        lines += ["", "## Routes", ""]
+        if data.route_turns:
+            lines += [f"{len(data.route_turns)} routes in {len(data.routes_per_scene)} scenes; "
+                      f"turns per route: min {min(data.route_turns)}, median {np.median(data.route_turns):g}, "
+                      f"max {max(data.route_turns)}."]
+        else:
+            lines.append(f"No routes in {len(data.routes_per_scene)} scenes.")
+        _image(lines, plots, "route_turns.png", "turns per route")
+        if data.route_plots:
+            lines += ["", "Top-down route plots:", ""]
+            lines += [f"- [{Path(p).parent.name}/{Path(p).stem}]({_rel(p, out_dir)})" for p in data.route_plots]
+    return "\n".join(lines) + "\n"
+
+
+# ---- writing -------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ReportResult:
+    report_path: Path
+    plot_paths: tuple[Path, ...]
+    total_questions: int
+
+
+def write_report(root: DatasetRoot | str | Path, out_dir: str | Path | None = None,
+                 available: list[str] | None = None) -> ReportResult:
+    """Collect, plot and write ``<out_dir>/report.md`` (default ``ROOT/report``) with its PNGs in ``plots/``."""
+    from matplotlib import style
+
+    root = root if isinstance(root, DatasetRoot) else DatasetRoot(root)
+    out = Path(out_dir) if out_dir is not None else root.path / REPORT_DIR
+    data = collect(root, available)
+    plots_dir = out / PLOTS_DIR
+    written: dict[str, str] = {}
+    paths = []
+    # The default style, not the user's matplotlibrc: same pixels on every machine with this matplotlib.
+    with style.context("default"):
+        for name, plot in PLOTS.items():
+            fig = plot(data)
+            if fig is None:
+                continue
+            save_png(fig, plots_dir / name)
+            written[name] = f"{PLOTS_DIR}/{name}"
+            paths.append(plots_dir / name)
+    # Plots of an earlier report that has nothing to show now would be linked by nothing: remove them.
+    if plots_dir.is_dir():
+        for stale in sorted(plots_dir.glob("*.png")):
+            if stale.name not in written:
+                stale.unlink()
+    report_path = out / REPORT_NAME
+    write_text(report_path, render_markdown(data, written, out))
+    return ReportResult(report_path, tuple(paths), data.total_questions)
+
