@@ -1,0 +1,30 @@
+"""Factories for the route tests: generated layouts written as real ingested scenes (PLY + parquet + markers)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.scene import CanonicalScene, frames_columns, write_scene
+from pipeline.schemas import FRAMES_SCHEMA, table_from_columns
+
+
+def write_layout_scene(root: Path, dataset: str, scene_id: str, vertices: np.ndarray, faces: np.ndarray,
+                       objects) -> Path:
+    """Write a canonical scene (one valid frame, the layout's mesh and objects) under ROOT/scenes/."""
+    cols = frames_columns(1)
+    cols["camera_to_world"] = np.eye(4).reshape(1, 16)
+    cols["valid"] = np.ones(1, bool)
+    cols["timestamp"] = np.zeros(1)
+    scene = CanonicalScene(dataset=dataset, scene_id=scene_id, split="train",
+                           frames=table_from_columns(FRAMES_SCHEMA, cols), objects=objects,
+                           mesh_vertices=np.asarray(vertices, np.float64), mesh_faces=np.asarray(faces, np.int64))
+    scene_dir = root / "scenes" / dataset / scene_id
+    write_scene(scene_dir, scene)
+    return scene_dir
+
+
+@pytest.fixture
+def layout_scene_writer():
+    return write_layout_scene
