@@ -1,0 +1,175 @@
+"""CUT3R model: golden parity with the official code, batching, gating, preprocessing and config parsing."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from workers.cut3r import (Cut3rConfig, Cut3rConfigError, Cut3rEncoder, PreprocessConfig, full_config,
+                           parse_model_string, patch_points, preprocess_frames, random_model, tiny_config)
+
+# README tolerances (max abs, float32 CPU)
+TOKEN_TOL = 2e-4
+HEAD_TOL = {"pts3d_in_self_view": 2e-5, "pts3d_in_other_view": 2e-5, "conf_self": 2e-5, "conf": 2e-5,
+            "rgb": 2e-5, "camera_pose": 5e-5}
+# The intermediates, in pipeline order: the first one over its bound says where a mismatch starts.
+DEBUG_ORDER = ("state_init", "mem_init", "enc_feat", "global_img_feat", "pose_in", "dec_layers", "new_state",
+               "state_after", "mem_after")
+
+
+def run_fixture(model, inputs, debug=True):
+    frames = torch.from_numpy(inputs["frames"]).transpose(0, 1)  # [B,F,3,H,W]
+    flags = {k: torch.from_numpy(inputs[k]).T for k in ("img_mask", "update", "reset")}
+    with torch.inference_mode():
+        return model(frames, heads=True, debug=debug, **flags)
+
+
+@pytest.mark.parametrize("suffix", ["", "_32x48"])
+def test_golden_parity(tiny_model, tiny_dir, suffix):
+    inputs = np.load(tiny_dir / f"inputs{suffix}.npz")
+    ref = np.load(tiny_dir / f"outputs{suffix}.npz")
+    out = run_fixture(tiny_model, inputs)
+
+    def fb(x):
+        return x.transpose(0, 1).numpy()
+
+    init = tiny_model.initial_state(1)
+    ours = {
+        "state_init": init.state_feat.numpy(), "mem_init": init.mem.numpy(),
+        **{k: fb(out.debug[k]) for k in ("enc_feat", "global_img_feat", "pose_in", "new_state", "state_after",
+                                         "mem_after")},
+        "dec_layers": out.debug["dec_layers"].permute(1, 2, 0, 3, 4).numpy(),  # fixture: [F,depth,B,1+N,C]
+    }
+    np.testing.assert_array_equal(tiny_model.state_positions().numpy(), ref["dbg_state_pos"])
+    for name in DEBUG_ORDER:
+        expected = ref["dbg_" + name]
+        assert ours[name].shape == expected.shape, name
+        err = float(np.abs(ours[name] - expected).max())
+        assert err <= TOKEN_TOL, f"first mismatch at dbg_{name}: max abs err {err:.2e}"
+    for name, tensor in (("camera_token", out.camera_token), ("patch_tokens", out.patch_tokens)):
+        err = float(np.abs(fb(tensor) - ref[name]).max())
+        assert err <= TOKEN_TOL, f"{name}: max abs err {err:.2e}"
+    assert set(out.heads) == set(HEAD_TOL)
+    for name, tol in HEAD_TOL.items():
+        assert fb(out.heads[name]).shape == ref[name].shape, name
+        err = float(np.abs(fb(out.heads[name]) - ref[name]).max())
+        assert err <= tol, f"{name}: max abs err {err:.2e} > {tol:.0e}"
+
+
+def test_token_only_and_eager_attention(tiny_model, tiny_dir):
+    inputs = np.load(tiny_dir / "inputs.npz")
+    frames = torch.from_numpy(inputs["frames"]).transpose(0, 1)
+    with torch.inference_mode():
+        with_heads = tiny_model(frames, heads=True)
+        tokens_only = tiny_model(frames)
+        tiny_model.set_attention("eager")
+        try:
+            eager = tiny_model(frames, heads=True)
+        finally:
+            tiny_model.set_attention("fused")
+    assert tokens_only.heads == {}
+    torch.testing.assert_close(tokens_only.patch_tokens, with_heads.patch_tokens, rtol=0, atol=0)
+    torch.testing.assert_close(eager.patch_tokens, with_heads.patch_tokens, rtol=0, atol=2e-5)
+    torch.testing.assert_close(eager.heads["camera_pose"], with_heads.heads["camera_pose"], rtol=0, atol=2e-5)
+
+
+def test_batch_of_three_lengths_equals_alone():
+    model = random_model(tiny_config(), seed=3)
+    gen = torch.Generator().manual_seed(0)
+    lengths = [3, 1, 2]
+    frames = torch.rand(3, 3, 3, 32, 48, generator=gen) * 2 - 1
+    # Batched float32 matmuls may differ from unbatched ones in the last bit, and the encoder's float16 rounding of
+    # q/k can turn that into one float16 step: compare at half the golden tolerance.
+    tol = dict(rtol=0, atol=1e-4)
+    with torch.inference_mode():
+        batched = model(frames, lengths, heads=True)
+        for b, n in enumerate(lengths):
+            alone = model(frames[b:b + 1, :n], heads=True)
+            torch.testing.assert_close(batched.patch_tokens[b, :n], alone.patch_tokens[0], **tol)
+            torch.testing.assert_close(batched.camera_token[b, :n], alone.camera_token[0], **tol)
+            for k, v in alone.heads.items():
+                torch.testing.assert_close(batched.heads[k][b, :n], v[0], **tol, msg=k)
+            # A video that has ended keeps its state: the final state is the one after its own last frame.
+            torch.testing.assert_close(batched.state.state_feat[b], alone.state.state_feat[0], **tol)
+            torch.testing.assert_close(batched.state.mem[b], alone.state.mem[0], **tol)
+            assert not batched.patch_tokens[b, n:].any() and not batched.heads["rgb"][b, n:].any()
+
+
+def test_update_reset_and_image_mask_gating():
+    model = random_model(tiny_config(), seed=1)
+    frames = torch.rand(1, 3, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    init = model.initial_state(1)
+    with torch.inference_mode():
+        first = model(frames[:, :1], debug=True)
+        no_update = model(frames[:, :2], update=torch.tensor([[True, False]]), debug=True)
+        reset = model(frames, reset=torch.tensor([[False, True, False]]), debug=True)
+        masked = model(frames[:, :1], img_mask=torch.tensor([[False]]), debug=True)
+        masked_no_update = model(frames[:, :2], img_mask=torch.tensor([[True, False]]), debug=True)
+    torch.testing.assert_close(no_update.debug["state_after"][:, 1], first.debug["state_after"][:, 0], rtol=0, atol=0)
+    torch.testing.assert_close(no_update.debug["mem_after"][:, 1], first.debug["mem_after"][:, 0], rtol=0, atol=0)
+    torch.testing.assert_close(masked_no_update.debug["state_after"][:, 1], first.debug["state_after"][:, 0],
+                               rtol=0, atol=0)
+    torch.testing.assert_close(reset.debug["state_after"][:, 1], init.state_feat, rtol=0, atol=0)
+    torch.testing.assert_close(reset.debug["mem_after"][:, 1], init.mem, rtol=0, atol=0)
+    # After a reset the next frame still reads the pose memory (only a video's first frame gets the pose token).
+    assert not torch.equal(reset.debug["pose_in"][:, 2], model.pose_token.expand(1, 1, -1))
+    torch.testing.assert_close(reset.debug["pose_in"][:, 0], model.pose_token.expand(1, 1, -1), rtol=0, atol=0)
+    # A masked image is encoded as the learned masked-image token.
+    torch.testing.assert_close(masked.debug["enc_feat"][0, 0], model.masked_img_token.expand(4, -1), rtol=0, atol=0)
+
+
+def test_encoder_api_lists_and_points():
+    model = random_model(tiny_config(), seed=2)
+    encoder = Cut3rEncoder(model)
+    assert encoder.compute_dtype == torch.float32
+    gen = torch.Generator().manual_seed(2)
+    videos = [torch.rand(n, 3, 32, 32, generator=gen) * 2 - 1 for n in (2, 3)]
+    out = encoder.encode(videos, points=True)
+    assert out.camera_tokens.shape == (2, 3, 1, 32) and out.patch_tokens.shape == (2, 3, 4, 32)
+    assert out.points.shape == (2, 3, 4, 3) and out.points_conf.shape == (2, 3, 4)
+    assert out.lengths.tolist() == [2, 3]
+    with torch.inference_mode():
+        ref = model(videos[1][None], heads=True)
+    torch.testing.assert_close(out.patch_tokens[1], ref.patch_tokens[0], rtol=0, atol=1e-5)
+    pts, conf = patch_points(ref.heads["pts3d_in_other_view"][0], ref.heads["conf"][0], 16)
+    torch.testing.assert_close(out.points[1], pts, rtol=0, atol=1e-5)
+    assert not out.points[0, 2].any()
+
+
+def test_preprocess_matches_fixture_normalisation(tiny_dir):
+    inputs = np.load(tiny_dir / "inputs.npz")
+    frames = preprocess_frames(inputs["frames_uint8"], PreprocessConfig(size=48, squash_size=None))
+    np.testing.assert_allclose(frames.numpy(), inputs["frames"][:, 0], rtol=0, atol=1e-6)
+
+
+def test_preprocess_default_pipeline():
+    frames = np.random.default_rng(0).integers(0, 256, size=(2, 60, 80, 3), dtype=np.uint8)
+    out = preprocess_frames(frames)
+    assert out.shape == (2, 3, 432, 432) and out.dtype == torch.float32
+    assert float(out.min()) >= -1.0 and float(out.max()) <= 1.0
+    squashed = preprocess_frames(frames, PreprocessConfig(size=384))  # no final resize at 384
+    assert squashed.shape == (2, 3, 384, 384)
+    const = np.full((1, 20, 30, 3), 255, dtype=np.uint8)
+    assert torch.allclose(preprocess_frames(const), torch.ones(1, 3, 432, 432))
+    with pytest.raises(ValueError):
+        preprocess_frames(frames.astype(np.float32))
+
+
+def test_config_parsing_is_literal_only():
+    cfg = full_config("cut3r_512_dpt_4_64")
+    assert cfg.depth_mode == ("exp", -float("inf"), float("inf")) and cfg.img_size == (512, 512)
+    assert Cut3rConfig.from_dict(cfg.to_dict()) == cfg
+    assert full_config("cut3r_224_linear_4").head_type == "linear"
+    kw = parse_model_string("ARCroco3DStereo(ARCroco3DStereoConfig(a=(1, -2.5, -inf), b='x', c=None, d=[True]))")
+    assert kw == {"a": (1, -2.5, -float("inf")), "b": "x", "c": None, "d": (True,)}
+    for bad in ("ARCroco3DStereo(ARCroco3DStereoConfig(x=__import__('os').system('true')))",
+                "ARCroco3DStereo(ARCroco3DStereoConfig(x=os.sep))",
+                "ARCroco3DStereo(ARCroco3DStereoConfig(x=-'a'))",
+                "ARCroco3DStereo(ARCroco3DStereoConfig(**{'a': 1}))",
+                "Other(ARCroco3DStereoConfig(a=1))",
+                "ARCroco3DStereo(ARCroco3DStereoConfig(a=1)) + 1"):
+        with pytest.raises(Cut3rConfigError):
+            parse_model_string(bad)
+    with pytest.raises(Cut3rConfigError, match="pos_embed"):
+        Cut3rConfig.from_model_string("ARCroco3DStereo(ARCroco3DStereoConfig(output_mode='pts3d+pose', "
+                                      "pose_head=True, pos_embed='cosine'))")
