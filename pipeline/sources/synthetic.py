@@ -61,7 +61,7 @@ class SyntheticScene:
 FURNITURE_CATEGORIES = ("chair", "table", "sofa", "bed", "cabinet", "shelf", "refrigerator", "toilet", "sink",
                         "stool", "tv")
 
-_FPS = 30.0
+_FPS = 2.0
 _FLOOR_CELL_M = 0.25          # floor grid spacing: dense enough for floor-area estimation from vertices
 _WALL_CELL_M = 0.5            # wall faces are subdivided so near-plane clipping and texture behave
 _WALL_THICKNESS_M = 0.1
@@ -94,7 +94,8 @@ _Part = tuple[np.ndarray, np.ndarray, float]   # local box (min [3], max [3]) an
 
 def generate_scene(seed: int, name: str | None = None, num_frames: int = 48, width: int = 96,
                    height: int = 72) -> SyntheticScene:
-    """Build a deterministic synthetic room for ``seed``: mesh, objects with exact boxes, a camera walk at 30 fps,
+    """Build a deterministic synthetic room for ``seed``: mesh, objects with exact boxes, a camera walk at 2 frames per second (the frames stand for a video's sampled frames,
+    so a walk across the room takes tens of seconds, as in a real scan),
     and RGB / depth / instance renderings of every frame (OpenCV camera, z-up world, metres)."""
     if num_frames < 2:
         raise ValueError(f"num_frames must be >= 2, got {num_frames}")

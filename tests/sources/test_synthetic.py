@@ -115,7 +115,7 @@ def test_array_types_shapes_and_camera_model():
     assert s.rgb.shape == (t, h, w, 3) and s.rgb.dtype == np.uint8
     assert s.depth.shape == (t, h, w) and s.depth.dtype == np.float32
     assert s.instance.shape == (t, h, w) and s.instance.dtype == np.int32
-    np.testing.assert_array_equal(s.timestamps, np.arange(t) / 30.0)
+    np.testing.assert_array_equal(s.timestamps, np.arange(t) / 2.0)
     np.testing.assert_array_equal(s.intrinsics, [[76.8, 0, 47.5], [0, 76.8, 35.5], [0, 0, 1]])
     assert (s.width, s.height) == (w, h)
     # Rigid camera-to-world poses; OpenCV: the camera's y axis (column 1) points down in the z-up world.
