@@ -68,11 +68,18 @@ def run(args: argparse.Namespace) -> int:
     if "qa" in have:
         results.append(_step("qa", ["qa", "--root", str(root), "--seed", str(args.seed), *mode]))
 
+    if "stats" in have:
+        results.append(_step("stats", ["stats", "--root", str(root)]))
+    if "status" in have:
+        results.append(_step("status", ["status", "--root", str(root)]))
+
     print("\n== summary")
     width = max(len(r[0]) for r in results)
     for title, status, seconds in results:
         print(f"  {title:<{width}}  {'ok' if status == 0 else f'FAILED ({status})':<12} {seconds:6.1f}s")
     print(f"  total {time.perf_counter() - t0:.1f}s; dataset root: {root.resolve()}")
+    if (root / "report" / "report.md").exists():
+        print(f"  report: {(root / 'report' / 'report.md').resolve()}")
     if (root / "errors.parquet").exists():
         print(f"  error rows: {root / 'errors.parquet'}")
     return 0 if all(r[1] == 0 for r in results) else 1
