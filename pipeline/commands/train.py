@@ -1,0 +1,116 @@
+"""``vlm3r-data train``: tune the fusion block, projector and LoRA from the training shards; predict benchmark QA."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "train fusion + projector + LoRA from the training shards (single process or Ray Train), then predict val QA"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", required=True, type=Path, help="dataset root (reads ROOT/train_shards)")
+    parser.add_argument("--out", type=Path, default=None, help="run folder (default ROOT/train)")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--tiny", action="store_true", help="a tiny random model built in code (CPU demo, tests)")
+    model.add_argument("--base", default="", help="local LLaVA-Video-Qwen2 / LLaVA-OneVision / Qwen2 folder")
+    parser.add_argument("--vision-tower", default="", help="local SigLIP folder (overrides the base's tower)")
+    parser.add_argument("--steps", type=int, default=0, help="optimizer steps (0 = --epochs over the shards)")
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--micro-batch", type=int, default=1, help="videos per rank per micro-step")
+    parser.add_argument("--grad-accum", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=2e-5)
+    parser.add_argument("--warmup-ratio", type=float, default=0.03)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lora-r", type=int, default=None, help="LoRA rank (default 128; tiny: 8)")
+    parser.add_argument("--lora-alpha", type=int, default=None, help="LoRA alpha (default 256; tiny: 16)")
+    parser.add_argument("--masking", choices=("answer", "upstream"), default="answer")
+    parser.add_argument("--time-instruction", action="store_true", help="add LLaVA-Video's time instruction")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--save-every", type=int, default=500)
+    parser.add_argument("--keep-checkpoints", type=int, default=0)
+    parser.add_argument("--loader-workers", type=int, default=0)
+    parser.add_argument("--shuffle-buffer", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=0, help="Ray Train workers (0 = a single process)")
+    parser.add_argument("--gpus", action="store_true", help="one GPU per Ray Train worker")
+    parser.add_argument("--fsdp", action="store_true", help="shard the model across workers (FSDP2) instead of DDP")
+    parser.add_argument("--ray-address", default=None)
+    parser.add_argument("--export", type=Path, default=None, help="also write VLM-3R's release naming here")
+    parser.add_argument("--predict", action="store_true",
+                        help="after training, predict the benchmark-split QA (ROOT/qa/<bench>/{val,test}.jsonl)")
+    parser.add_argument("--predict-only", action="store_true", help="skip training; predict with the newest checkpoint")
+    parser.add_argument("--max-new-tokens", type=int, default=8)
+
+
+def _config(args: argparse.Namespace):
+    from workers.trainer.model import ModelConfig
+    from workers.trainer.train import TrainConfig
+
+    lora = {k: v for k, v in (("lora_r", args.lora_r), ("lora_alpha", args.lora_alpha)) if v is not None}
+    common = dict(vision_tower=args.vision_tower, gradient_checkpointing=args.gradient_checkpointing, **lora)
+    model = ModelConfig.tiny(**common) if args.tiny else ModelConfig(base=args.base, **common)
+    out = args.out or args.root / "train"
+    return TrainConfig(train_dir=str(args.root / "train_shards"), out_dir=str(out), model=model, steps=args.steps,
+                       epochs=args.epochs, micro_batch=args.micro_batch, grad_accum=args.grad_accum, lr=args.lr,
+                       warmup_ratio=args.warmup_ratio, seed=args.seed, masking=args.masking,
+                       time_instruction=args.time_instruction, save_every=args.save_every,
+                       keep_checkpoints=args.keep_checkpoints, loader_workers=args.loader_workers,
+                       shuffle_buffer=args.shuffle_buffer, parallel="fsdp" if args.fsdp else "ddp")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from pipeline.errors import InputError
+    from pipeline.layout import DatasetRoot
+    from workers.trainer import train as loop
+
+    try:
+        config = _config(args)
+    except (InputError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if not args.predict_only:
+            if args.workers > 0:
+                from pipeline.runner import init_ray
+
+                init_ray(args.workers, args.ray_address)
+                result = loop.train_ray(config, workers=args.workers, use_gpu=args.gpus)
+                print(f"train: Ray Train finished; metrics {result.metrics}; checkpoints in {config.out_dir}")
+            else:
+                summary = loop.train(config)
+                print(f"train: step {summary['step']}/{summary['total_steps']}, last loss "
+                      f"{summary['losses'][-1] if summary['losses'] else float('nan'):.4f}, "
+                      f"checkpoint {summary['checkpoint']}")
+        checkpoint = loop.newest_checkpoint(config.out_dir)
+        if checkpoint is None:
+            print(f"error: no complete checkpoint in {config.out_dir}", file=sys.stderr)
+            return 2
+        if args.export:
+            files = loop.export(config, checkpoint, args.export)
+            print(f"export: {', '.join(str(f) for f in files)}")
+        if args.predict or args.predict_only:
+            from workers.trainer.data import load_tokenizer
+            from workers.trainer.model import build_model, load_trainables
+            from workers.trainer.predict import predict_files
+
+            root = DatasetRoot(args.root)
+            files = sorted(p for p in root.qa_dir.glob("*/*.jsonl") if p.stem in ("val", "test"))
+            if not files:
+                print(f"error: no benchmark questions under {root.qa_dir} (val/test splits)", file=sys.stderr)
+                return 2
+            device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+            model = build_model(config.model)
+            load_trainables(model, checkpoint)
+            written = predict_files(model.to(device), load_tokenizer(config.model.base), root, files,
+                                    Path(config.out_dir) / "predictions", max_new_tokens=args.max_new_tokens,
+                                    time_instruction=config.time_instruction, device=device)
+            for path in written:
+                bench, split = path.stem.split("_", 1)
+                print(f"predictions: {path}  (score: vlm3r-data eval --questions {root.qa_dir / bench / split}.jsonl "
+                      f"--predictions {path})")
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

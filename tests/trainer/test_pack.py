@@ -1,0 +1,149 @@
+"""Pack round trip: training shards carry each training scene's tokens, frames, timing and all its QA; benchmark
+scenes and their QA never enter; reruns are byte-identical and resume only what is missing."""
+import io
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+from trainer_factories import SceneSpec, build_root
+
+from pipeline.atomic import read_json, sha256_file
+from pipeline.cli import main as cli_main
+from pipeline.frames import decode_image_bytes
+from pipeline.layout import DatasetRoot
+from pipeline.pack import load_qa, read_qa_counts
+from pipeline.scene import read_manifest
+from pipeline.shards import iter_samples, read_index
+from workers.trainer.data import SceneSample, iter_scene_samples
+
+SPECS = [SceneSpec("scannet", "scene0000_00", "train", 5),
+         SceneSpec("scannet", "scene0001_00", "train", 4, with_jpegs=False),
+         SceneSpec("scannet", "scene0002_00", "val", 3),
+         SceneSpec("arkitscenes", "41069025", "train", 3)]
+SHARD_MB = "3"
+
+
+def _train_samples(root: DatasetRoot) -> dict[str, SceneSample]:
+    index = read_index(root.path / "train_shards")
+    out = {}
+    for entry in index["shards"]:
+        for sample in iter_scene_samples(str(root.path / "train_shards" / entry["file"])):
+            out[sample.key] = sample
+    return out
+
+
+def _hashes(folder) -> dict[str, str]:
+    return {p.name: sha256_file(p) for p in sorted(folder.glob("shard-*.tar"))}
+
+
+@pytest.fixture()
+def root(tmp_path):
+    return build_root(tmp_path / "root", SPECS, max_shard_bytes=3 << 20)
+
+
+def test_pack_round_trip_keeps_benchmark_scenes_out(root):
+    assert cli_main(["pack", "--root", str(root.path), "--max-shard-mb", SHARD_MB]) == 0
+    samples = _train_samples(root)
+    assert sorted(samples) == sorted(s.key for s in SPECS if s.split == "train")
+    val_records = [json.loads(line) for line in (root.qa_dir / "vsibench" / "val.jsonl").read_text().splitlines()]
+    train_records = [json.loads(line) for line in (root.qa_dir / "vsibench" / "train.jsonl").read_text().splitlines()]
+    val_keys = {r["qa_key"] for r in val_records}
+    tokens = {s.key: s for s in iter_samples(root.tokens_dir)}
+    for key, sample in samples.items():
+        expected = sorted((r for r in train_records if r["scene_key"] == key), key=lambda r: r["qa_key"])
+        assert [{k: v for k, v in r.items() if k != "split"} for r in sample.qa] == expected
+        assert all(r["split"] == "train" for r in sample.qa)
+        assert not {r["qa_key"] for r in sample.qa} & val_keys
+        token = tokens[key]
+        assert np.array_equal(np.load(io.BytesIO(sample.members["patch.npy"])), token.patch)
+        assert np.array_equal(np.load(io.BytesIO(sample.members["camera.npy"])), token.camera)
+        assert json.loads(sample.members["frames.json"]) == token.frames
+        manifest = read_manifest(root.scene_dir(token.meta["dataset"], token.meta["scene_id"]))
+        # Frames at 10.0 + 0.5 s * index over 4 frames: the video lasts 1.5 s; times count from its first frame.
+        assert sample.video["duration_s"] == pytest.approx(1.5)
+        assert sample.video["frame_times_s"] == pytest.approx([t - 10.0 for t in manifest["timestamp"].to_pylist()])
+        jpegs = [sample.members[f"frame_{i:03d}.jpg"] for i in range(token.num_frames)]
+        if token.jpegs is not None:
+            assert jpegs == token.jpegs
+        else:   # decoded from the scene's PNG frames of the manifest, squashed to 384x384
+            for jpeg, frame_index in zip(jpegs, manifest["frame_index"].to_pylist()):
+                png = cv2.cvtColor(cv2.imread(str(root.path / "raw" / key / f"frame_{frame_index:03d}.png")),
+                                   cv2.COLOR_BGR2RGB)
+                expect = cv2.resize(png, (384, 384), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+                got = decode_image_bytes(jpeg, key).astype(np.float32)
+                assert got.shape == (384, 384, 3) and np.abs(got - expect).mean() < 8.0
+    counts = read_qa_counts(root.path / "train_shards")
+    assert {k: n for shard in counts.values() for k, n in shard.items()} == {k: len(s.qa) for k, s in samples.items()}
+    assert read_json(root.info_path)["stages"]["pack"]["counts"]["benchmark_scenes_skipped"] == 1
+
+
+def test_pack_is_reproducible_and_resumes_only_missing_scenes(root):
+    out = root.path / "train_shards"
+    assert cli_main(["pack", "--root", str(root.path), "--max-shard-mb", SHARD_MB]) == 0
+    first = _hashes(out)
+    index_before = (out / "index.json").read_bytes()
+    assert len(first) == 3                                       # one scene per shard at this size
+    assert cli_main(["pack", "--root", str(root.path), "--max-shard-mb", SHARD_MB]) == 0
+    assert _hashes(out) == first and (out / "index.json").read_bytes() == index_before
+    # A killed run: the last shard lost its marker and a temporary file is left behind.
+    (out / "_done" / "shard-000002.json").unlink()
+    (out / ".shard-000003.tar.tmp").write_bytes(b"partial")
+    assert cli_main(["pack", "--root", str(root.path), "--max-shard-mb", SHARD_MB]) == 0
+    assert _hashes(out) == first and (out / "index.json").read_bytes() == index_before
+    assert not (out / ".shard-000003.tar.tmp").exists()
+    # Changed inputs are refused, then repacked on request.
+    train_qa = root.qa_dir / "vsibench" / "train.jsonl"
+    train_qa.write_text("\n".join(train_qa.read_text().splitlines()[:-1]) + "\n")
+    assert cli_main(["pack", "--root", str(root.path), "--max-shard-mb", SHARD_MB]) == 2
+    assert cli_main(["pack", "--root", str(root.path), "--max-shard-mb", SHARD_MB, "--overwrite"]) == 0
+    assert sum(len(s.qa) for s in _train_samples(root).values()) == 11
+
+
+def test_a_scene_with_training_and_benchmark_qa_is_a_split_leak(root):
+    val = root.qa_dir / "vsibench" / "val.jsonl"
+    leaked = json.loads((root.qa_dir / "vsibench" / "train.jsonl").read_text().splitlines()[0])
+    val.write_text(val.read_text() + json.dumps({**leaked, "id": 99}) + "\n")
+    with pytest.raises(Exception, match="split leak"):
+        load_qa(root.qa_dir)
+    assert cli_main(["pack", "--root", str(root.path)]) == 2
+    assert not (root.path / "train_shards").exists()
+    shutil.rmtree(root.qa_dir)
+    assert cli_main(["pack", "--root", str(root.path)]) == 2
+
+
+def test_pack_with_precomputed_vision_features_feeds_the_trainer(root):
+    import torch
+
+    from workers.trainer.data import ByteTokenizer, ShardStream, decode_scene, list_train_shards, pixels_from_jpegs
+    from workers.trainer.model import ModelConfig, build_model
+
+    assert cli_main(["pack", "--root", str(root.path), "--max-shard-mb", SHARD_MB, "--vision-features", "tiny"]) == 0
+    samples = _train_samples(root)
+    tower = build_model(ModelConfig.tiny(), lora=False).eval()
+    for key, sample in samples.items():
+        assert "vision.npy" in sample.members and not any(n.startswith("frame_") for n in sample.members)
+        features = decode_scene(sample)["vision_features"]
+        assert features.shape == (2, 729, 32)
+        if key == "scannet_scene0000_00":   # the stored features are the tower's on the token shard's JPEGs
+            token = next(s for s in iter_samples(root.tokens_dir) if s.key == key)
+            with torch.no_grad():
+                expect = tower.vision_features(torch.from_numpy(pixels_from_jpegs(token.jpegs, key)))
+            torch.testing.assert_close(features, expect, atol=0.005 * float(expect.abs().max()), rtol=0.01)
+    shards, _ = list_train_shards(root.path / "train_shards")
+    batch = next(iter(ShardStream(shards, tokenizer=ByteTokenizer(), micro_batch=2, shuffle_buffer=2)))
+    model = build_model(ModelConfig.tiny(vision_features=True))
+    loss, count = model(batch)
+    assert torch.isfinite(loss) and count > 0 and "pixel_values" not in batch
+
+
+def test_a_scene_that_fails_becomes_an_error_row_and_the_rest_is_packed(root):
+    from pipeline.errors import read_errors
+
+    shutil.rmtree(root.scene_dir("scannet", "scene0001_00"))
+    assert cli_main(["pack", "--root", str(root.path), "--max-shard-mb", SHARD_MB]) == 1
+    assert sorted(_train_samples(root)) == ["arkitscenes_41069025", "scannet_scene0000_00"]
+    rows = [r for r in read_errors(root.errors_path) if r.stage == "pack"]
+    assert [(r.dataset, r.scene_id, r.error_type) for r in rows] == [("scannet", "scene0001_00", "InputError")]
+    assert "scene0001_00" in rows[0].path
