@@ -37,7 +37,7 @@ from pipeline import __version__
 from pipeline.atomic import dumps_json, read_json, sha256_file, write_json
 from pipeline.errors import ErrorRow, InputError, record_errors
 from pipeline.layout import DatasetRoot
-from pipeline.shards import (ShardRecord, ShardWriter, TokenSample, _padded, _tar_info, _TAR_BLOCK, encode_tokens,
+from pipeline.shards import (ShardRecord, ShardWriter, TokenSample, encode_tokens,
                              frame_member, iter_samples, recover_shards, write_index)
 
 STAGE = "pack"
@@ -190,25 +190,6 @@ def scene_frames(root: DatasetRoot, sample: TokenSample) -> tuple[dict[str, Any]
 
 # ---- shards ------------------------------------------------------------------------------------------------------
 
-class TrainShardWriter(ShardWriter):
-    """pipeline.shards' writer for samples that are given as ready members (the training samples have members a
-    token sample does not: video.json, qa.json, vision.npy)."""
-
-    def write_members(self, key: str, members: list[tuple[str, bytes]]) -> None:
-        if "." in key or any(not name.startswith(key + ".") for name, _ in members):
-            raise ValueError(f"sample key {key!r} has a dot or its members are not named {key}.<member>")
-        sample_bytes = sum(_TAR_BLOCK + _padded(len(data)) for _, data in members)
-        if self._tar is not None and self._keys and \
-                self._tar.offset + sample_bytes + 2 * _TAR_BLOCK > self.max_shard_bytes:
-            self._finish()
-        if self._tar is None:
-            self._open()
-        assert self._tar is not None
-        for name, data in members:
-            self._tar.addfile(_tar_info(name, len(data)), io.BytesIO(data))
-        self._keys.append(key)
-
-
 def shard_qa_counts(path: Path) -> dict[str, int]:
     """Questions per key in one training shard (reads only the qa.json members' payloads)."""
     counts: dict[str, int] = {}
@@ -268,7 +249,7 @@ def pack(root: DatasetRoot, *, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     packed, errors, processed = [], [], []
     skipped_bench = skipped_no_qa = skipped_done = 0
     seen: set[str] = set()
-    with TrainShardWriter(out_dir, max_shard_bytes=max_shard_bytes, first_index=state.next_index,
+    with ShardWriter(out_dir, max_shard_bytes=max_shard_bytes, first_index=state.next_index,
                           identity=identity) as writer:
         for sample in iter_samples(root.tokens_dir, verify_sha256=verify_sha256):
             seen.add(sample.key)

@@ -313,7 +313,15 @@ class ShardWriter:
         self._sources = {}
 
     def write(self, sample: TokenSample) -> None:
-        members = sample_members(sample)
+        self.write_members(sample.key, sample_members(sample))
+        if "source_sha256" in sample.meta:
+            self._sources[sample.key] = str(sample.meta["source_sha256"])
+
+    def write_members(self, key: str, members: list[tuple[str, bytes]]) -> None:
+        """Append one sample given as ready ``(member name, bytes)`` pairs, rolling over to a new shard first when
+        the sample would push the current one past ``max_shard_bytes``."""
+        if "." in key or any(not name.startswith(key + ".") for name, _ in members):
+            raise ValueError(f"sample key {key!r} has a dot or its members are not named {key}.<member>")
         sample_bytes = sum(_TAR_BLOCK + _padded(len(data)) for _, data in members)
         if self._tar is not None and self._keys and \
                 self._tar.offset + sample_bytes + 2 * _TAR_BLOCK > self.max_shard_bytes:
@@ -323,9 +331,7 @@ class ShardWriter:
         assert self._tar is not None
         for name, data in members:
             self._tar.addfile(_tar_info(name, len(data)), io.BytesIO(data))
-        self._keys.append(sample.key)
-        if "source_sha256" in sample.meta:
-            self._sources[sample.key] = str(sample.meta["source_sha256"])
+        self._keys.append(key)
 
     def _finish(self) -> None:
         assert self._tar is not None and self._tmp is not None and self._file is not None
