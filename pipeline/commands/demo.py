@@ -21,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenes", type=int, default=3, help="generated scenes, each written in all three formats")
     parser.add_argument("--seed", type=int, default=0, help="seed of the scene generator and of every stage")
     parser.add_argument("--local", action="store_true", help="run stages in-process instead of on a local Ray")
+    parser.add_argument("--train-steps", type=int, default=40, help="optimizer steps of the tiny model")
     parser.add_argument("--keep", action="store_true", help="keep an existing --out (resume) instead of starting clean")
 
 
@@ -68,6 +69,14 @@ def run(args: argparse.Namespace) -> int:
     if "qa" in have:
         results.append(_step("qa", ["qa", "--root", str(root), "--seed", str(args.seed), *mode]))
 
+    if "pack" in have:
+        results.append(_step("pack", ["pack", "--root", str(root)]))
+    if "train" in have:
+        # The tiny random model learns only with a much larger step size than the 7B recipe's 2e-5.
+        results.append(_step("train", ["train", "--root", str(root), "--tiny", "--steps", str(args.train_steps),
+                                       "--grad-accum", "1", "--lr", "2e-3", "--seed", str(args.seed), "--predict"]))
+    if "eval" in have and (root / "train" / "predictions").is_dir():
+        results.append(_step("eval", ["eval", "--root", str(root)]))
     if "stats" in have:
         results.append(_step("stats", ["stats", "--root", str(root)]))
     if "status" in have:
@@ -78,6 +87,17 @@ def run(args: argparse.Namespace) -> int:
     for title, status, seconds in results:
         print(f"  {title:<{width}}  {'ok' if status == 0 else f'FAILED ({status})':<12} {seconds:6.1f}s")
     print(f"  total {time.perf_counter() - t0:.1f}s; dataset root: {root.resolve()}")
+    scores = sorted((root / "eval").glob("*.json")) if (root / "eval").is_dir() else []
+    if scores:
+        from pipeline.atomic import read_json
+
+        print("\n== eval of the tiny trained model (scores in %; a tiny random model trained a few steps on CPU scores near chance)")
+        for path in scores:
+            table = read_json(path)
+            print(f"  {path.stem}: overall {table['overall']:.2f}, missing {table.get('missing', 0)}")
+            for key, value in sorted(table.items()):
+                if isinstance(value, (int, float)) and key not in ("overall", "missing", "duplicate_ids", "unknown_ids", "malformed_lines"):
+                    print(f"    {key:<32} {value:6.2f}")
     if (root / "report" / "report.md").exists():
         print(f"  report: {(root / 'report' / 'report.md').resolve()}")
     if (root / "errors.parquet").exists():

@@ -12,23 +12,21 @@ HELP = "score predictions (JSON lines with id and prediction) against VSI-Bench 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--questions", required=True, type=Path, help="benchmark records (JSON lines)")
-    parser.add_argument("--predictions", required=True, type=Path, help='JSON lines {"id": ..., "prediction": "..."}')
+    parser.add_argument("--questions", type=Path, default=None, help="benchmark records (JSON lines)")
+    parser.add_argument("--predictions", type=Path, default=None, help='JSON lines {"id": ..., "prediction": "..."}')
     parser.add_argument("--out", type=Path, default=None, help="write the scores as JSON here")
     parser.add_argument("--bench", choices=("vsibench", "vstibench"), default=None,
                         help="overall rule (default: detected from the questions)")
+    parser.add_argument("--root", type=Path, default=None,
+                        help="instead of --questions/--predictions: score every <bench>_<split>.jsonl in the "
+                             "predictions folder against ROOT/qa/<bench>/<split>.jsonl, scores to ROOT/eval/")
+    parser.add_argument("--predictions-dir", type=Path, default=None,
+                        help="with --root: where the predictions are (default ROOT/train/predictions)")
 
 
-def run(args: argparse.Namespace) -> int:
-    from qa_templates.scorer import score_files
-
-    try:
-        report = score_files(args.questions, args.predictions, args.bench)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def _print_report(title: str, report) -> None:
     width = max([len(k) for k in report.scores] + [13])
-    print(f"{'question_type':<{width}}  {'n':>6}  {'score':>7}")
+    print(f"{title}\n{'question_type':<{width}}  {'n':>6}  {'score':>7}")
     for key, value in report.scores.items():
         if key != "overall":
             print(f"{key:<{width}}  {report.counts.get(key, ''):>6}  {value:7.2f}")
@@ -37,6 +35,42 @@ def run(args: argparse.Namespace) -> int:
           f"duplicate ids: {report.duplicate_ids}; malformed lines: {len(report.malformed_lines)}")
     for problem in report.malformed_lines[:10]:
         print(f"  {problem}", file=sys.stderr)
-    if args.out:
-        write_json(args.out, report.to_json())
+
+
+def _jobs(args: argparse.Namespace) -> list[tuple[Path, Path, Path | None]] | str:
+    """(questions, predictions, out) to score, or an error message."""
+    if args.root is None:
+        if args.questions is None or args.predictions is None:
+            return "give --questions and --predictions, or --root"
+        return [(args.questions, args.predictions, args.out)]
+    if args.questions or args.predictions:
+        return "--root scores a whole dataset root; do not combine it with --questions/--predictions"
+    folder = args.predictions_dir or args.root / "train" / "predictions"
+    files = sorted(folder.glob("*_*.jsonl")) if folder.is_dir() else []
+    if not files:
+        return f"{folder}: no <bench>_<split>.jsonl predictions found"
+    jobs = []
+    for path in files:
+        bench, split = path.stem.split("_", 1)
+        jobs.append((args.root / "qa" / bench / f"{split}.jsonl", path, args.root / "eval" / f"{bench}_{split}.json"))
+    return jobs
+
+
+def run(args: argparse.Namespace) -> int:
+    from qa_templates.scorer import score_files
+
+    jobs = _jobs(args)
+    if isinstance(jobs, str):
+        print(f"error: {jobs}", file=sys.stderr)
+        return 2
+    for questions, predictions, out in jobs:
+        try:
+            report = score_files(questions, predictions, args.bench)
+        except InputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        _print_report(f"\n{predictions.name} vs {questions}", report)
+        if out:
+            write_json(out, report.to_json())
+            print(f"scores: {out}")
     return 0

@@ -42,7 +42,8 @@ def plan(config: PipelineConfig, available: list[str], only: list[str] | None = 
         elif not config.local:
             if config.ray_address and "--ray-address" in accepts:
                 common += ["--ray-address", config.ray_address]
-            if "--workers" in accepts:
+            # ``workers`` sizes the per-scene Ray pool; train's --workers means Ray Train ranks, set in its section.
+            if "--workers" in accepts and stage != "train":
                 common += ["--workers", str(config.workers)]
         if "--seed" in accepts:
             common += ["--seed", str(config.seed)]

@@ -48,7 +48,14 @@ def _config(args: argparse.Namespace):
 
     lora = {k: v for k, v in (("lora_r", args.lora_r), ("lora_alpha", args.lora_alpha)) if v is not None}
     common = dict(vision_tower=args.vision_tower, gradient_checkpointing=args.gradient_checkpointing, **lora)
-    model = ModelConfig.tiny(**common) if args.tiny else ModelConfig(base=args.base, **common)
+    from workers.trainer.data import geometry_token_width
+
+    # The tiny model adopts the shards' geometry-token width; a real base's fusion block must match it.
+    width = geometry_token_width(args.root / "train_shards")
+    model = ModelConfig.tiny(d_spatial=width, **common) if args.tiny else ModelConfig(base=args.base, **common)
+    if model.d_spatial != width:
+        raise ValueError(f"{args.root / 'train_shards'}: geometry tokens are {width} wide but the model's fusion block "
+                         f"expects {model.d_spatial} (extract with the CUT3R checkpoint the model was trained with)")
     out = args.out or args.root / "train"
     return TrainConfig(train_dir=str(args.root / "train_shards"), out_dir=str(out), model=model, steps=args.steps,
                        epochs=args.epochs, micro_batch=args.micro_batch, grad_accum=args.grad_accum, lr=args.lr,

@@ -374,6 +374,26 @@ def make_loader(shards: Sequence[str], *, num_workers: int = 0, **kwargs: Any) -
                                        persistent_workers=False, in_order=True)
 
 
+def geometry_token_width(train_dir: str | Path) -> int:
+    """Width of the geometry tokens in the training shards (768 for CUT3R's 512 DPT model; the demo's tiny CUT3R
+    is narrower), read from the first sample's ``patch.npy`` header without loading the array."""
+    import tarfile
+
+    paths, _ = list_train_shards(train_dir)
+    for path in paths:
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:
+                if member.name.endswith(".patch.npy"):
+                    fh = tar.extractfile(member)
+                    assert fh is not None
+                    major, _ = np.lib.format.read_magic(fh)
+                    read_header = (np.lib.format.read_array_header_1_0 if major == 1
+                                   else np.lib.format.read_array_header_2_0)
+                    shape, _, _ = read_header(fh)
+                    return int(shape[-1])
+    raise InputError(Path(train_dir), "no training sample with geometry tokens (run `vlm3r-data pack`)")
+
+
 def list_train_shards(train_dir: str | Path) -> tuple[list[str], dict[str, int]]:
     """The training shards listed by the index (paths) and the number of questions in each (``qa_counts.json``)."""
     from pipeline.pack import read_qa_counts

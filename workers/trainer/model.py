@@ -39,7 +39,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -113,6 +113,9 @@ class ModelConfig:
     tiny_lm_ffn: int = 128
     tiny_vocab: int = 0                 # 0 = the byte tokenizer's vocabulary
     tiny_seed: int = 0                  # the tiny base's weights are a function of this seed
+    # A random frozen lm_head (std 0.02) gives near-uniform logits that LoRA and the projector can barely move; the
+    # tiny base scales it so a few hundred steps learn something (real bases come trained).
+    tiny_lm_head_scale: float = 30.0
 
     def __post_init__(self) -> None:
         if self.lora_r < 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
@@ -291,6 +294,53 @@ class VLM3R(nn.Module):
             outputs.append(tokens)
         return outputs
 
+    @torch.no_grad()
+    def generate_for_video(self, video: Mapping[str, torch.Tensor], prompts: Sequence[Sequence[int]],
+                           max_new_tokens: int, eos_token_id: int) -> list[list[int]]:
+        """Greedy answers to several prompts about one video, sharing its work: the frames are encoded once and the
+        common prefix (the text before ``<image>`` plus the ~6.7K video tokens) is prefilled once; each prompt then
+        continues from a copy of that cache. Same tokens as :meth:`generate` row by row, a fraction of the cost.
+
+        ``video``: geometry_tokens [F, 730, d] and pixel_values or vision_features; ``prompts``: token ids with one
+        ``IMAGE_TOKEN_INDEX`` each, all sharing the text before it.
+        """
+        import copy
+
+        if not prompts:
+            return []
+        causal = self.causal_lm
+        embed = causal.get_input_embeddings()
+        visual = self.encode_frames(video["geometry_tokens"], pixel_values=video.get("pixel_values"),
+                                    vision_features=video.get("vision_features"))
+        splits = []
+        for ids in prompts:
+            ids = list(ids)
+            if ids.count(IMAGE_TOKEN_INDEX) != 1:
+                raise ValueError(f"a prompt has {ids.count(IMAGE_TOKEN_INDEX)} <image> placeholders, expected 1")
+            p = ids.index(IMAGE_TOKEN_INDEX)
+            splits.append((ids[:p], ids[p + 1:]))
+        head = splits[0][0]
+        if any(h != head for h, _ in splits):
+            raise ValueError("prompts about one video must share the text before <image>")
+        device = visual.device
+        prefix = torch.cat([embed(torch.tensor([head], device=device))[0],
+                            visual.reshape(-1, visual.shape[-1]).to(embed.weight.dtype)])[None]
+        prefix_cache = causal(inputs_embeds=prefix, use_cache=True).past_key_values
+        outputs = []
+        for _, tail in splits:
+            past, tokens = copy.deepcopy(prefix_cache), []
+            step_input = embed(torch.tensor([tail], device=device))
+            for _ in range(max_new_tokens):
+                out = causal(inputs_embeds=step_input, past_key_values=past, use_cache=True)
+                past = out.past_key_values
+                token = int(out.logits[0, -1].argmax())
+                if token == eos_token_id:
+                    break
+                tokens.append(token)
+                step_input = embed(torch.tensor([[token]], device=device))
+            outputs.append(tokens)
+        return outputs
+
     # -- LoRA and freezing -----------------------------------------------------------------------------------------
     def lora_target_names(self) -> list[str]:
         """Leaf names of the language model's Linear layers that get LoRA (all but lm_head unless configured)."""
@@ -378,6 +428,8 @@ def _tiny_parts(config: ModelConfig) -> tuple[nn.Module | None, nn.Module, int]:
                        num_key_value_heads=config.tiny_lm_kv_heads, max_position_embeddings=32768,
                        tie_word_embeddings=False, rope_theta=1_000_000.0, use_cache=False)
     lm = Qwen2ForCausalLM(lcfg)
+    with torch.no_grad():
+        lm.lm_head.weight.mul_(config.tiny_lm_head_scale)
     return tower, lm, config.tiny_vision_width
 
 

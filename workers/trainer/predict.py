@@ -16,7 +16,7 @@ import torch
 from pipeline.atomic import atomic_open
 from pipeline.errors import InputError
 from pipeline.layout import DatasetRoot
-from workers.trainer.data import collate, encode_conversation, pixels_from_jpegs, user_text
+from workers.trainer.data import encode_conversation, pixels_from_jpegs, user_text
 from workers.trainer.model import VLM3R
 
 
@@ -67,12 +67,9 @@ def predict(model: VLM3R, tokenizer: Any, root: DatasetRoot, questions: list[dic
         video = scene_frames(root, sample)[0] if time_instruction else None
         if video is not None and video.get("duration_s") is None:
             video = None
-        for record in records:
-            ids, labels = encode_conversation(tokenizer, user_text(record, video), None)
-            batch = collate([(ids, labels, inputs)], tokenizer.pad_id)
-            batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-            tokens = model.generate(batch, max_new_tokens, tokenizer.im_end_id)[0]
-            rows.append({"id": record["id"], "prediction": tokenizer.decode(tokens).strip()})
+        prompts = [encode_conversation(tokenizer, user_text(record, video), None)[0] for record in records]
+        answers = model.generate_for_video(inputs, prompts, max_new_tokens, tokenizer.im_end_id)
+        rows += [{"id": r["id"], "prediction": tokenizer.decode(t).strip()} for r, t in zip(records, answers)]
     rows.sort(key=lambda r: (str(type(r["id"])), r["id"]))
     with atomic_open(out_path, "w") as fh:
         for r in rows:
