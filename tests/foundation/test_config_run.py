@@ -51,3 +51,10 @@ def test_run_executes_stages_and_reports_bad_stage_options(tmp_path, capsys):
     assert (tmp_path / "root" / "scenes" / "scannet").is_dir()
     assert main(["run", "--config", str(path), "--only", "ingest", "ingest.num_frmes=3"]) == 2
     assert "refused its configuration" in capsys.readouterr().err
+
+
+def test_train_gets_its_own_workers_not_the_scene_pool(tmp_path):
+    config = load_config(_write(tmp_path, "root: /r\nworkers: 8\nstages:\n  train: {tiny: true, workers: 2}\n"))
+    steps = dict(plan(config, available_commands()))
+    assert steps["train"] == ["train", "--root", "/r", "--seed", "0", "--tiny", "--workers", "2"]
+    assert steps["graph"][-2:] == ["--workers", "8"]

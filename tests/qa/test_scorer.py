@@ -139,3 +139,19 @@ def test_eval_command_rejects_bad_question_files(tmp_path, capsys):
     assert main(["eval", "--questions", str(q), "--predictions", str(p)]) == 2
     assert "numeric ground_truth must be a positive number" in capsys.readouterr().err
     assert main(["eval", "--questions", str(tmp_path / "nope.jsonl"), "--predictions", str(p)]) == 2
+
+
+def test_eval_root_scores_every_predictions_file_into_root_eval(tmp_path, capsys):
+    root = tmp_path / "root"
+    (root / "qa" / "vsibench").mkdir(parents=True)
+    (root / "train" / "predictions").mkdir(parents=True)
+    _write_jsonl(root / "qa" / "vsibench" / "val.jsonl", [VSI_MC, NA_100])
+    _write_jsonl(root / "train" / "predictions" / "vsibench_val.jsonl",
+                 [{"id": 0, "prediction": "A."}, {"id": 2, "prediction": "90"}])
+    assert main(["eval", "--root", str(root)]) == 0
+    scores = json.loads((root / "eval" / "vsibench_val.json").read_text())
+    assert scores["object_size_estimation"] == pytest.approx(90.0) and scores["missing"] == 0
+    assert main(["eval", "--root", str(root), "--questions", str(root / "x.jsonl")]) == 2
+    assert main(["eval", "--root", str(tmp_path / "empty")]) == 2
+    assert "no <bench>_<split>.jsonl predictions" in capsys.readouterr().err
+    assert main(["eval"]) == 2
