@@ -71,7 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     module.add_arguments(parser)
     args = parser.parse_args(rest)
-    return int(module.run(args) or 0)
+    from pipeline.config import ConfigError
+    from pipeline.layout import DatasetRootError
+
+    try:
+        return int(module.run(args) or 0)
+    except (DatasetRootError, ConfigError) as exc:  # a wrong root or config: a message, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

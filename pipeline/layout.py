@@ -79,6 +79,12 @@ class DatasetRoot:
         return out
 
     # ---- info.json ---------------------------------------------------------------------------------------------
+    def check(self) -> dict[str, Any]:
+        """The info of an existing root; DatasetRootError when it is missing or of another format version."""
+        if not self.path.is_dir():
+            raise DatasetRootError(f"{self.path}: dataset root not found")
+        return self.load_info()
+
     def load_info(self) -> dict[str, Any]:
         if not self.info_path.exists():
             return {"format_version": FORMAT_VERSION, "code_version": __version__, "stages": {}}

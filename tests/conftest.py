@@ -16,3 +16,15 @@ def ray_local():
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
+
+
+@pytest.fixture
+def torch_one_thread():
+    """torch on one thread for the duration of a test: the tiny models are dominated by per-op overhead, and one
+    thread is faster and steadier on a shared 2-core machine. Folders opt in with an autouse fixture using it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

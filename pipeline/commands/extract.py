@@ -139,7 +139,7 @@ def extract_root(root, model, options, scheduling, *, shard_bytes: int = DEFAULT
     from workers.extract import ExtractionAborted, SceneJob, iter_extracted, run_identity
 
     root = root if isinstance(root, DatasetRoot) else DatasetRoot(root)
-    root.load_info()  # refuses a root of another format version
+    root.check()  # a missing root or one of another format version is refused (exit 2)
     tokens_dir = root.tokens_dir
     identity = run_identity(model.describe(), options)
     if overwrite and tokens_dir.exists():

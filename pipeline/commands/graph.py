@@ -96,10 +96,7 @@ def run(args: argparse.Namespace) -> int:
     from scene_graph.graph import graph_marker
 
     root = DatasetRoot(args.root)
-    if not root.path.is_dir():
-        print(f"error: {root.path}: dataset root not found", file=sys.stderr)
-        return 2
-    root.load_info()  # refuses a root of another format version
+    root.check()  # a missing root or one of another format version is refused (exit 2)
     scenes = root.scenes(args.dataset)
     if args.scenes:
         wanted = {s.strip() for arg in args.scenes for s in arg.split(",") if s.strip()}

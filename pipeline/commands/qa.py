@@ -198,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     from scene_graph.graph import graph_marker, list_graphs
 
     root = DatasetRoot(args.root)
-    root.load_info()  # refuses a root of another format version
+    root.check()  # a missing root or one of another format version is refused (exit 2)
     try:
         cfg = replace(QAConfig(), max_per_scene_task=args.max_per_scene_task)
         if args.max_per_task is not None:

@@ -126,10 +126,7 @@ def run(args: argparse.Namespace) -> int:
     from scene_graph.navigation import default_backend, habitat_available
 
     root = DatasetRoot(args.root)
-    if not root.path.is_dir():
-        print(f"error: {root.path}: dataset root not found", file=sys.stderr)
-        return 2
-    root.load_info()  # refuses a root of another format version
+    root.check()  # a missing root or one of another format version is refused (exit 2)
     if args.max_routes < 0:
         print("error: --max-routes must be >= 0", file=sys.stderr)
         return 2

@@ -36,11 +36,5 @@ def tiny_model(tiny_dir):
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """The tiny model is dominated by per-op overhead: one thread is faster and steadier on a shared machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(torch_one_thread):
+    """Every test here runs torch on one thread (see tests/conftest.py)."""

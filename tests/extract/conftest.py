@@ -13,10 +13,5 @@ if _HERE not in sys.path:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(torch_one_thread):
+    """Every test here runs torch on one thread (see tests/conftest.py)."""
