@@ -18,6 +18,16 @@ def ray_local():
     yield ray
 
 
+def pytest_sessionfinish(session, exitstatus):
+    """Shut Ray down before pytest prints its summary, so Ray's reports about workers that tests kill on purpose do
+    not come after the summary line."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
 @pytest.fixture
 def torch_one_thread():
     """torch on one thread for the duration of a test: the tiny models are dominated by per-op overhead, and one
