@@ -276,23 +276,23 @@ class VLM3R(nn.Module):
                                     vision_features=batch.get("vision_features"))
         embeds, mask, _ = self.splice(batch["input_ids"], batch["attention_mask"], None, visual,
                                       batch["frames_per_sample"])
+        return [self._greedy(embeds[i:i + 1, :int(mask[i].sum())], None, max_new_tokens, eos_token_id)
+                for i in range(embeds.shape[0])]
+
+    def _greedy(self, step_input: torch.Tensor, past: Any, max_new_tokens: int, eos_token_id: int) -> list[int]:
+        """Greedy tokens after ``step_input`` [1, L, d_lm] (continuing ``past``, a KV cache, when given)."""
         causal = self.causal_lm
         embed = causal.get_input_embeddings()
-        outputs = []
-        for i in range(embeds.shape[0]):
-            row = embeds[i:i + 1, :int(mask[i].sum())]
-            past, tokens = None, []
-            step_input = row
-            for _ in range(max_new_tokens):
-                out = causal(inputs_embeds=step_input, past_key_values=past, use_cache=True)
-                past = out.past_key_values
-                token = int(out.logits[0, -1].argmax())
-                if token == eos_token_id:
-                    break
-                tokens.append(token)
-                step_input = embed(torch.tensor([[token]], device=row.device))
-            outputs.append(tokens)
-        return outputs
+        tokens: list[int] = []
+        for _ in range(max_new_tokens):
+            out = causal(inputs_embeds=step_input, past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            token = int(out.logits[0, -1].argmax())
+            if token == eos_token_id:
+                break
+            tokens.append(token)
+            step_input = embed(torch.tensor([[token]], device=step_input.device))
+        return tokens
 
     @torch.no_grad()
     def generate_for_video(self, video: Mapping[str, torch.Tensor], prompts: Sequence[Sequence[int]],
@@ -326,20 +326,8 @@ class VLM3R(nn.Module):
         prefix = torch.cat([embed(torch.tensor([head], device=device))[0],
                             visual.reshape(-1, visual.shape[-1]).to(embed.weight.dtype)])[None]
         prefix_cache = causal(inputs_embeds=prefix, use_cache=True).past_key_values
-        outputs = []
-        for _, tail in splits:
-            past, tokens = copy.deepcopy(prefix_cache), []
-            step_input = embed(torch.tensor([tail], device=device))
-            for _ in range(max_new_tokens):
-                out = causal(inputs_embeds=step_input, past_key_values=past, use_cache=True)
-                past = out.past_key_values
-                token = int(out.logits[0, -1].argmax())
-                if token == eos_token_id:
-                    break
-                tokens.append(token)
-                step_input = embed(torch.tensor([[token]], device=device))
-            outputs.append(tokens)
-        return outputs
+        return [self._greedy(embed(torch.tensor([tail], device=device)), copy.deepcopy(prefix_cache),
+                             max_new_tokens, eos_token_id) for _, tail in splits]
 
     # -- LoRA and freezing -----------------------------------------------------------------------------------------
     def lora_target_names(self) -> list[str]:
