@@ -32,16 +32,16 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 import cv2
 import numpy as np
 import pyarrow as pa
 
 from pipeline.errors import InputError
-from pipeline.ply import read_ply
+from pipeline.ply import read_ply, write_ply
 from pipeline.scene import CanonicalScene, finite_pose_mask, frames_columns, objects_table, upright_box
-from pipeline.schemas import FRAMES_SCHEMA, table_from_columns
+from pipeline.schemas import FRAMES_SCHEMA, column_as_array, table_from_columns
 from pipeline.sources.sens import (COLOR_COMPRESSION, COLOR_JPEG, DEPTH_COMPRESSION, DEPTH_ZLIB_USHORT,
                                    read_sens_index)
 
@@ -421,3 +421,35 @@ class ScanNetReader:
 
 
 READER = ScanNetReader()
+
+
+def export_scannet200_ply(scene: CanonicalScene, path: str | Path, valid_ids: Collection[int] | None = None) -> dict:
+    """Write a canonical ScanNet scene as the ScanNet200-preprocessed PLY that VLM-3R's scene metadata reads
+    (``BenchmarkScripts/ScanNet200/preprocess_scannet200.py``): binary PLY, vertex ``x y z`` (float, axis-aligned),
+    ``red green blue`` (uchar), ``label`` (uint: the label map's ``id``, 0 unless in ``valid_ids``; every id of the
+    label map when ``valid_ids`` is None) and ``instance_id`` (uint: the aggregation's objectId, 0 where
+    unannotated — so, as in the official output, object 0 and unannotated vertices share the value 0); faces as they
+    are. Returns counts."""
+    if scene.dataset != "scannet":
+        raise ValueError(f"{scene.scene_id}: a ScanNet200 PLY is written for ScanNet scenes, not {scene.dataset}")
+    if scene.vertex_instance is None:
+        raise ValueError(f"{scene.scene_id}: the canonical scene has no per-vertex instances")
+    label_ids = scene.meta.get("label_ids") or {}
+    instance_ids = column_as_array(scene.objects, "instance_id").astype(np.int64)
+    object_label = np.array([
+        label_ids.get(lbl, {}).get("id", 0) for lbl in scene.objects.column("label").to_pylist()], np.int64)
+    if valid_ids is not None:
+        object_label = np.where(np.isin(object_label, np.asarray(sorted(valid_ids), np.int64)), object_label, 0)
+    vertex_instance = np.asarray(scene.vertex_instance, np.int64)
+    label = np.zeros(len(vertex_instance), np.uint32)
+    annotated = vertex_instance >= 0
+    if len(instance_ids):
+        order = np.argsort(instance_ids)
+        pos = np.clip(np.searchsorted(instance_ids[order], vertex_instance), 0, len(order) - 1)
+        known = annotated & (instance_ids[order][pos] == vertex_instance)
+        label[known] = object_label[order][pos][known]
+    colors = scene.mesh_colors if scene.mesh_colors is not None else np.zeros((len(vertex_instance), 3), np.uint8)
+    write_ply(path, scene.mesh_vertices, scene.mesh_faces, colors,
+              {"label": label, "instance_id": np.where(annotated, vertex_instance, 0).astype(np.uint32)})
+    return {"vertices": int(len(vertex_instance)), "labelled_vertices": int((label > 0).sum()),
+            "instances": int(len(np.unique(vertex_instance[annotated])))}

@@ -689,3 +689,31 @@ def test_ingest_command_records_bad_scenes_and_ingests_the_rest(tmp_path):
     assert errors[0].path.endswith(f"{bad}.aggregation.json") and "not found" in errors[0].message
     manifest = read_manifest(root.scene_dir("scannet", good))
     assert manifest.num_rows == 4 and 2 not in column_as_array(manifest, "frame_index")   # frame 2 is lost
+
+
+def test_scannet200_ply_export_matches_the_preprocessing_layout(tmp_path):
+    """§6.1: the ScanNet200-style PLY has label = the TSV id and instance_id = objectId (0 where unannotated)."""
+    from pipeline.cli import main
+    from pipeline.ply import read_ply
+    from pipeline.scene import read_scene
+    from pipeline.sources.scannet_writer import write_scannet
+    from pipeline.sources.synthetic import generate_scene
+
+    truth = generate_scene(4)
+    scene_id = write_scannet(truth, tmp_path / "raw", split="val")
+    assert main(["ingest", "--dataset", "scannet", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "root"),
+                 "--local"]) == 0
+    (tmp_path / "ids.txt").write_text("2\n3\n")  # keep chair and floor only
+    assert main(["export-meta", "--format", "scannet200", "--root", str(tmp_path / "root"),
+                 "--out", str(tmp_path / "pc"), "--valid-ids", str(tmp_path / "ids.txt")]) == 0
+    ply = read_ply(tmp_path / "pc" / "val" / f"{scene_id}.ply")
+    assert list(ply.vertex)[:8] == ["x", "y", "z", "red", "green", "blue", "label", "instance_id"]
+    assert ply.vertex["label"].dtype == np.uint32 and ply.vertex["instance_id"].dtype == np.uint32
+    scene = read_scene(tmp_path / "root" / "scenes" / "scannet" / scene_id)
+    np.testing.assert_allclose(ply.vertices, scene.mesh_vertices, atol=1e-5)   # aligned, as the canonical mesh
+    inst = scene.vertex_instance
+    labels = dict(zip(scene.objects.column("instance_id").to_pylist(), scene.objects.column("label").to_pylist()))
+    expect_label = np.array([{"chair": 2, "floor": 3}.get(labels.get(i, ""), 0) for i in inst])
+    np.testing.assert_array_equal(ply.vertex["label"], expect_label)
+    np.testing.assert_array_equal(ply.vertex["instance_id"], np.where(inst >= 0, inst, 0))
+    assert (expect_label == 2).any() and (expect_label == 3).any()
