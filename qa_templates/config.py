@@ -20,7 +20,7 @@ class QAConfig:
     direction_max_distance_m: float = 5.0
     direction_boundary_deg: float = 10.0       # skip when the query is this close to a sector boundary
     direction_max_straddling_corners: int = 2  # skip when more corners than this lie in another sector
-    appearance_min_gap_s: float = 1.0          # obj_appearance_order: consecutive first appearances this far apart
+    appearance_min_gap_s: float = 1.0          # obj_appearance_order: first appearances more than this apart
     size_option_range: tuple[float, float] = (0.4, 1.8)     # distractors for sizes (fraction of the truth)
     option_range: tuple[float, float] = (0.25, 1.75)        # distractors for distances and room sizes
     option_margin_frac: float = 0.20           # numeric options differ from each other by this fraction of the truth

@@ -20,6 +20,19 @@ PRE_PROMPT = "These are frames of a video."
 NA_POST_PROMPT = "Please answer the question using a single word or phrase."
 MCA_POST_PROMPT = "Answer with the option's letter from the given choices directly."
 
+# The evaluators choose the prompt and the metric by question type, never by the presence of ``options``: VLM-3R's
+# VSTI-Bench numeric records carry generated ``options`` and an ``mc_answer`` that the evaluator ignores.
+MCA_QUESTION_TYPES = frozenset({
+    "object_rel_direction_easy", "object_rel_direction_medium", "object_rel_direction_hard", "object_rel_distance",
+    "route_planning", "obj_appearance_order",
+    "obj_obj_relative_pos_nf", "obj_obj_relative_pos_ud", "obj_obj_relative_pos_lr", "camera_obj_rel_dist_v1",
+    "camera_obj_rel_dist_v2", "camera_obj_rel_dist_v3", "camera_movement_direction",
+})
+NA_QUESTION_TYPES = frozenset({
+    "object_abs_distance", "object_counting", "object_size_estimation", "room_size_estimation",
+    "camera_obj_abs_dist", "camera_displacement", "camera_obj_dist_change",
+})
+
 # Decimals of numeric answers in the benchmarks' units (metres 1, centimetres 0, m^2 1, counts 0).
 NA_DECIMALS = {
     "object_counting": 0, "object_abs_distance": 1, "object_size_estimation": 0, "room_size_estimation": 1,
@@ -71,6 +84,17 @@ def finalize(candidate: Candidate, balancer: LetterBalancer, *, bench: str, data
     return record
 
 
+def is_multiple_choice(record: dict[str, Any]) -> bool:
+    """Whether a record is scored and prompted as multiple choice: by its question type for the benchmarks' own types
+    (as the evaluators do), by the presence of options for our extra training forms (``*_mc``, ``*_v2``, ...)."""
+    qtype = record.get("question_type")
+    if qtype in NA_QUESTION_TYPES:
+        return False
+    if qtype in MCA_QUESTION_TYPES:
+        return True
+    return bool(record.get("options"))
+
+
 def correct_letter(record: dict[str, Any]) -> str:
     """The letter a multiple-choice record expects (VSTI-Bench: mc_answer; VSI-Bench: ground_truth)."""
     return str(record["mc_answer"] if "mc_answer" in record else record["ground_truth"])
@@ -78,7 +102,7 @@ def correct_letter(record: dict[str, Any]) -> str:
 
 def build_prompt(record: dict[str, Any]) -> str:
     """The prompt exactly as the benchmarks' evaluators build it (doc_to_text with the default pre/post prompts)."""
-    if record.get("options"):
+    if is_multiple_choice(record):
         options = "Options:\n" + "\n".join(record["options"])
         return "\n".join([PRE_PROMPT, record["question"], options, MCA_POST_PROMPT])
     return PRE_PROMPT + "\n" + record["question"] + "\n" + NA_POST_PROMPT
@@ -86,7 +110,9 @@ def build_prompt(record: dict[str, Any]) -> str:
 
 def answer_for_training(record: dict[str, Any]) -> str:
     """What the assistant says: the option letter for multiple choice, the number for numeric questions."""
-    return correct_letter(record) if record.get("options") else str(record["answer_text"])
+    if is_multiple_choice(record):
+        return correct_letter(record)
+    return str(record["answer_text"] if "answer_text" in record else record["ground_truth"])
 
 
 def llava_conversation(record: dict[str, Any]) -> dict[str, Any]:

@@ -2,6 +2,9 @@
 ``vstibench/utils.py``), with the bookkeeping they lack: missing predictions count as wrong and are reported,
 unknown ids and malformed lines are counted with their line numbers.
 
+- Multiple choice or numeric is decided by the question type, as the evaluators do (VLM-3R's VSTI-Bench numeric
+  records carry ``options`` and an ``mc_answer`` that are ignored); types unknown to both evaluators (our extra
+  training forms) are multiple choice when they have options.
 - Multiple choice: the prediction's first space-separated token, trailing periods stripped (``str.rstrip('.')``,
   which removes every trailing period, not just one), whitespace stripped, compared case-insensitively with the
   answer letter (``mc_answer`` for VSTI-Bench, ``ground_truth`` for VSI-Bench).
@@ -20,7 +23,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from pipeline.errors import InputError
-from qa_templates.records import correct_letter
+from qa_templates.records import correct_letter, is_multiple_choice
 
 DIRECTION_TYPES = ("object_rel_direction_easy", "object_rel_direction_medium", "object_rel_direction_hard")
 DIRECTION_KEY = "object_rel_direction"
@@ -30,6 +33,10 @@ VSTI_TYPES = frozenset({
     "camera_obj_abs_dist", "camera_displacement", "camera_obj_dist_change", "camera_obj_rel_dist_v1",
     "camera_obj_rel_dist_v2", "camera_obj_rel_dist_v3", "obj_obj_relative_pos_nf", "obj_obj_relative_pos_lr",
     "obj_obj_relative_pos_ud", "camera_movement_direction",
+})
+VSI_TYPES = frozenset({
+    "object_counting", "object_abs_distance", "object_size_estimation", "room_size_estimation", "object_rel_distance",
+    "route_planning", "obj_appearance_order", *DIRECTION_TYPES,
 })
 
 
@@ -54,7 +61,7 @@ def mean_relative_accuracy(prediction: float, target: float) -> float:
 def score_record(record: dict[str, Any], prediction: str) -> float:
     """Score in [0, 1] of one prediction for one benchmark record."""
     token = first_token(prediction)
-    if record.get("options"):
+    if is_multiple_choice(record):
         return 1.0 if token.lower() == correct_letter(record).lower() else 0.0
     value = to_float(token)
     target = to_float(str(record["ground_truth"]))
@@ -91,12 +98,15 @@ def aggregate(per_type_mean: dict[str, float], bench: str) -> float:
 
 def detect_bench(questions: Iterable[dict[str, Any]]) -> str:
     """"vstibench" if the records say so (our ``bench`` field) or carry VSTI-Bench question types, else "vsibench"."""
+    questions = list(questions)
     for q in questions:
         if q.get("bench") in ("vsibench", "vstibench"):
             return q["bench"]
-        if q.get("question_type") in VSTI_TYPES or "mc_answer" in q:
-            return "vstibench"
-    return "vsibench"
+    if any(q.get("question_type") in VSTI_TYPES for q in questions):
+        return "vstibench"
+    if any(q.get("question_type") in VSI_TYPES for q in questions):
+        return "vsibench"        # VLM-3R's VSI-Bench-style training files carry mc_answer too
+    return "vstibench" if any("mc_answer" in q for q in questions) else "vsibench"
 
 
 def score(questions: list[dict[str, Any]], predictions: dict[Any, str], bench: str | None = None) -> ScoreReport:
@@ -172,9 +182,9 @@ def load_questions(path: str | Path) -> list[dict[str, Any]]:
         lacking = [k for k in ("id", "question_type", "ground_truth") if k not in q]
         if lacking:
             raise InputError(path, f"question {i + 1} lacks {lacking}")
-        if q.get("options") and "mc_answer" not in q and not isinstance(q["ground_truth"], str):
+        if is_multiple_choice(q) and "mc_answer" not in q and not isinstance(q["ground_truth"], str):
             raise InputError(path, f"question id {q['id']}: multiple-choice ground_truth must be a letter")
-        if not q.get("options"):
+        if not is_multiple_choice(q):
             target = to_float(str(q["ground_truth"]))
             if target is None or not target > 0:
                 raise InputError(path, f"question id {q['id']}: numeric ground_truth must be a positive number, "

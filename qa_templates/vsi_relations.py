@@ -26,11 +26,13 @@ DIRECTION_TEMPLATES = {
                            "turn at least 135 degrees in order to face it."),
     "easy": _STANDING + "is the {querying} to the left or the right of the {orienting}?",
 }
-# Sectors of the counter-clockwise angle from the facing direction (0-180 = left half on a z-up floor).
+# Sectors of the counter-clockwise angle from the facing direction (0-180 = left half on a z-up floor). The easy level
+# uses the medium level's sectors and asks nothing about an object in the back sector (turn of 135 degrees or more),
+# which is neither clearly left nor clearly right (as VLM-3R's left/right generator does).
 DIRECTION_SECTORS = {
     "hard": (np.array([0.0, 90.0, 180.0, 270.0, 360.0]), ["front-left", "back-left", "back-right", "front-right"]),
     "medium": (np.array([0.0, 135.0, 225.0, 360.0]), ["left", "back", "right"]),
-    "easy": (np.array([0.0, 180.0, 360.0]), ["left", "right"]),
+    "easy": (np.array([0.0, 135.0, 225.0, 360.0]), ["left", None, "right"]),
 }
 DIRECTION_OPTIONS = {
     "hard": ["front-left", "front-right", "back-left", "back-right"],
@@ -116,6 +118,9 @@ def generate_rel_direction(graph: SceneGraph | SceneView, rng: np.random.Generat
                 reject(rejected, f"within {cfg.direction_boundary_deg} degrees of a sector boundary")
                 continue
             answer = labels[int(sectors[0])]
+            if answer is None:
+                reject(rejected, "queried object behind: neither left nor right")
+                continue
             names = dict(positioning=view.category[positioning], orienting=view.category[orienting],
                          querying=view.category[querying])
             out.append(Candidate(f"object_rel_direction_{level}", DIRECTION_TEMPLATES[level].format(**names), answer,
@@ -140,8 +145,8 @@ def generate_appearance_order(graph: SceneGraph | SceneView, rng: np.random.Gene
     for chosen in random_subsets(rng, categories, 4, draw_budget(limit)):
         ordered = sorted(chosen, key=lambda c: (first_s[c], c))
         times = np.array([first_s[c] for c in ordered])
-        if np.diff(times).min() < cfg.appearance_min_gap_s:
-            reject(rejected, f"first appearances less than {cfg.appearance_min_gap_s} s apart")
+        if np.diff(times).min() <= cfg.appearance_min_gap_s:      # VLM-3R: any two within the margin -> skip
+            reject(rejected, f"first appearances not more than {cfg.appearance_min_gap_s} s apart")
             continue
         correct = ", ".join(ordered)
         distractors: list[str] = []

@@ -44,6 +44,47 @@ def test_vsti_multiple_choice_uses_mc_answer():
     assert score_record(VSTI_MC, "b.") == 1.0
 
 
+# VLM-3R's VSTI-Bench numeric records carry generated options (plain numbers) and an mc_answer; the evaluator decides
+# by question type, so they are scored with MRA on ground_truth and prompted without options.
+VSTI_NA_WITH_OPTIONS = {"id": 3, "question_type": "camera_displacement", "options": [1.2, 2.0, 0.7, 1.6],
+                        "ground_truth": 2.0, "mc_answer": "B",
+                        "question": "Approximately how far (in meters) did the camera move between frame 3 of 32 and "
+                                    "frame 20 of 32?"}
+
+
+def test_vsti_numeric_record_with_options_is_scored_by_question_type():
+    assert score_record(VSTI_NA_WITH_OPTIONS, "2.0") == 1.0
+    assert score_record(VSTI_NA_WITH_OPTIONS, "1.75") == pytest.approx(0.8)
+    assert score_record(VSTI_NA_WITH_OPTIONS, "B") == 0.0       # the letter is not a number
+    from qa_templates.records import build_prompt
+    assert build_prompt(VSTI_NA_WITH_OPTIONS) == ("These are frames of a video.\n" + VSTI_NA_WITH_OPTIONS["question"]
+                                                  + "\nPlease answer the question using a single word or phrase.")
+
+
+def test_vsti_numeric_record_with_options_loads_and_scores_from_files(tmp_path):
+    q = tmp_path / "q.jsonl"
+    _write_jsonl(q, [VSTI_NA_WITH_OPTIONS, VSTI_MC])
+    p = tmp_path / "p.jsonl"
+    _write_jsonl(p, [{"id": 3, "prediction": "2.0 meters"}, {"id": 1, "prediction": "B."}])
+    report = score_files(q, p)
+    assert report.scores["camera_displacement"] == pytest.approx(100.0)
+    assert report.scores["overall"] == pytest.approx(100.0)
+    bad = dict(VSTI_NA_WITH_OPTIONS, ground_truth=0)
+    _write_jsonl(q, [bad])
+    from pipeline.errors import InputError
+    with pytest.raises(InputError, match="numeric ground_truth must be a positive number"):
+        score_files(q, p)
+
+
+def test_detect_bench_prefers_question_types_over_mc_answer():
+    from qa_templates.scorer import detect_bench
+    # VLM-3R's VSI-Bench-style records carry mc_answer too; their question types say VSI-Bench.
+    vsi_like = {"id": 0, "question_type": "object_rel_direction_easy", "options": ["A. left", "B. right"],
+                "ground_truth": "left", "mc_answer": "A"}
+    assert detect_bench([vsi_like]) == "vsibench"
+    assert detect_bench([VSTI_NA_WITH_OPTIONS]) == "vstibench"
+
+
 @pytest.mark.parametrize("prediction, expected", [
     ("1e2", 1.0), ("100.", 1.0), ("100 cm", 1.0), ("3.5m", 0.0), ("", 0.0), ("nan", 0.0), ("inf", 0.0),
     ("about 100", 0.0), ("90", 0.9),

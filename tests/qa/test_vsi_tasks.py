@@ -121,15 +121,24 @@ def _direction_answer(graph, level):
 @pytest.mark.parametrize("query_xy, hard, medium, easy", [
     ((-2.0, 1.0), "front-left", "left", "left"),
     ((2.0, 1.0), "front-right", "right", "right"),
-    ((-1.0, -2.0), "back-left", "back", "left"),       # 153 deg to the left
-    ((1.5, -1.0), "back-right", "right", "right"),     # 123.7 deg to the right: still "right" for medium
-    ((1.0, -2.5), "back-right", "back", "right"),      # 202 deg
+    ((-1.0, -2.0), "back-left", "back", None),         # 153 deg to the left: behind, so no easy question
+    ((1.5, -1.0), "back-right", "right", "right"),     # 123.7 deg to the right: still "right" for medium and easy
+    ((1.0, -2.5), "back-right", "back", None),         # 202 deg
+    ((-2.0, -1.0), "back-left", "left", "left"),       # 116.6 deg to the left
 ])
 def test_rel_direction_quadrants_and_sectors(query_xy, hard, medium, easy):
     g = _direction_graph(query_xy)
     assert _direction_answer(g, "hard")[0] == hard
     assert _direction_answer(g, "medium")[0] == medium
     assert _direction_answer(g, "easy")[0] == easy
+
+
+def test_rel_direction_easy_skips_objects_behind():
+    # VLM-3R's left/right generator uses the medium sectors (0/135/225/360) and skips the back one.
+    _, _, stats = _direction_answer(_direction_graph((-1.0, -2.0)), "easy")
+    assert stats["rejections"].get("queried object behind: neither left nor right", 0) >= 1
+    answer, _, _ = _direction_answer(_direction_graph((-2.0, -0.4)), "easy")    # 101 deg: left
+    assert answer == "left"
 
 
 def test_rel_direction_question_forms_and_options():
@@ -189,12 +198,14 @@ def test_appearance_order_from_visibility_and_frame_times():
 
 def test_appearance_order_prefers_room_json_and_enforces_the_gap():
     g = _appearance_graph({"sofa": 4.0, "chair": 0.0, "tv": 6.5, "bed": 2.0})
-    g.room["first_appearance_s"] = {"sofa": 1.0, "chair": 0.0, "tv": 6.5, "bed": 3.0}
+    g.room["first_appearance_s"] = {"sofa": 1.5, "chair": 0.0, "tv": 6.5, "bed": 3.0}
     records, _ = run_task(g, "obj_appearance_order")
     assert answer_of(records[0]) == "chair, sofa, bed, tv"
-    g.room["first_appearance_s"] = {"sofa": 0.5, "chair": 0.0, "tv": 6.5, "bed": 3.0}
-    records, stats = run_task(g, "obj_appearance_order")
-    assert records == [] and stats["rejections"] == {"first appearances less than 1.0 s apart": 1}
+    # VLM-3R skips when any two first appearances are within the 1 s margin, inclusive: exactly 1 s is too close.
+    for sofa in (0.5, 1.0):
+        g.room["first_appearance_s"] = {"sofa": sofa, "chair": 0.0, "tv": 6.5, "bed": 3.0}
+        records, stats = run_task(g, "obj_appearance_order")
+        assert records == [] and stats["rejections"] == {"first appearances not more than 1.0 s apart": 1}
 
 
 def test_bad_boxes_and_structural_categories():
