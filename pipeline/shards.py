@@ -198,6 +198,14 @@ def validate_sample(sample: TokenSample, where: str, expect: Mapping[str, Any] |
     if meta["storage"] != storage:
         raise ShardError(where, f"dtype {dtype} must be stored as {storage!r}, meta says {meta['storage']!r}")
     t, n, c = int(meta["num_frames"]), int(meta["num_patches"]), int(meta["token_width"])
+    config = meta.get("model_config")
+    if isinstance(config, dict) and "patch_size" in config and "dec_embed_dim" in config:
+        # The token grid follows from the input size and the model: (size / patch)^2 patches of width dec_embed_dim.
+        side, patch = int(meta["input_size"]), int(config["patch_size"])
+        if (side // patch) ** 2 != n or int(config["dec_embed_dim"]) != c:
+            raise ShardError(where, f"meta.json num_patches {n} / token_width {c} do not match input_size {side} with "
+                                    f"patch_size {patch} and dec_embed_dim {config['dec_embed_dim']} "
+                                    f"(expected {(side // patch) ** 2} / {config['dec_embed_dim']})")
     for name, array, shape in (("camera", sample.camera, (t, 1, c)), ("patch", sample.patch, (t, n, c))):
         if array.dtype != stored_dtype:
             raise ShardError(where, f"{name}.npy has dtype {array.dtype}, expected {stored_dtype} for {dtype}")
@@ -237,6 +245,13 @@ def _padded(size: int) -> int:
     return -(-size // _TAR_BLOCK) * _TAR_BLOCK
 
 
+def _closed_tar_size(offset: int) -> int:
+    """Size of a tar file whose members end at ``offset`` once closed: tarfile appends two zero blocks and pads the
+    archive to a whole record (``tarfile.RECORDSIZE`` = 20 blocks)."""
+    end = offset + 2 * _TAR_BLOCK
+    return -(-end // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
+
+
 def _tar_info(name: str, size: int) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.size = size
@@ -272,7 +287,8 @@ class ShardRecord:
 
 class ShardWriter:
     """Writes samples into ``tokens_dir/shard-%06d.tar``, starting a new shard before a sample that would take the
-    current one past ``max_shard_bytes`` (a shard holds at least one sample, so one huge sample gets its own).
+    current one past ``max_shard_bytes`` (the size of the closed file, tar padding included; a shard holds at least one
+    sample, so one huge sample gets its own).
 
     A shard is written as ``.shard-XXXXXX.tar.tmp``, renamed when full (or at :meth:`close`), then its done-marker is
     written with ``identity`` (the run's model and config). Used as a context manager: an exception leaves no partial
@@ -324,7 +340,7 @@ class ShardWriter:
             raise ValueError(f"sample key {key!r} has a dot or its members are not named {key}.<member>")
         sample_bytes = sum(_TAR_BLOCK + _padded(len(data)) for _, data in members)
         if self._tar is not None and self._keys and \
-                self._tar.offset + sample_bytes + 2 * _TAR_BLOCK > self.max_shard_bytes:
+                _closed_tar_size(self._tar.offset + sample_bytes) > self.max_shard_bytes:
             self._finish()
         if self._tar is None:
             self._open()
@@ -490,7 +506,7 @@ def sample_from_members(key: str, members: Mapping[str, bytes], where: str,
     for required in ("meta.json", "frames.json", "camera.npy", "patch.npy"):
         if required not in members:
             raise ShardError(f"{where}:{key}", f"member {required} is missing")
-    frame_names = sorted(name for name in members if name.startswith("frame_") and name.endswith(".jpg"))
+    frame_names = [name for name in members if name.startswith("frame_") and name.endswith(".jpg")]
     unknown = sorted(set(members) - {"meta.json", "frames.json", *_NPY_MEMBERS, *frame_names})
     if unknown:
         raise ShardError(f"{where}:{key}", f"unexpected members {unknown}")
@@ -500,8 +516,9 @@ def sample_from_members(key: str, members: Mapping[str, bytes], where: str,
         raise ShardError(f"{where}:{key}", "meta.json must be an object and frames.json a list")
     jpegs = None
     if frame_names:
+        # Compare as sets: names sort as text, so frame_1000.jpg would come before frame_101.jpg.
         expected_names = [frame_member(i) for i in range(len(frame_names))]
-        if frame_names != expected_names:
+        if set(frame_names) != set(expected_names):
             raise ShardError(f"{where}:{key}", f"JPEG frames are not numbered 0..{len(frame_names) - 1}")
         jpegs = [members[name] for name in expected_names]
     sample = TokenSample(

@@ -296,6 +296,10 @@ def encode_scenes(encoder: TokenEncoder, scenes: Sequence[DecodedScene], options
         points = None
         if options.with_points:
             points = np.ascontiguousarray(out.points[b, :t].float().cpu().numpy(), dtype=np.float32)  # [T,N,3]
+            if not np.isfinite(points).all():
+                results.append(SceneError("NonFiniteTokens", f"{scene.job.key}: the point head produced non-finite "
+                                          "points", scene.job.scene_dir))
+                continue
         meta = {**identity, "key": scene.job.key, "dataset": scene.job.dataset, "scene_id": scene.job.scene_id,
                 "num_frames": t, "source_sha256": scene.job.manifest_sha256}
         sample = TokenSample(key=scene.job.key, camera=encode_tokens(camera, options.dtype),

@@ -155,6 +155,26 @@ def test_preprocess_default_pipeline():
         preprocess_frames(frames.astype(np.float32))
 
 
+def test_preprocess_equals_the_siglip_processor_chain_then_vlm3r_resize():
+    """The reference built from transformers' own image transforms, in the order LLaVA-Video's SigLIP processor applies
+    them (PIL bicubic resize of the uint8 frame to 384x384, rescale 1/255, normalise 0.5/0.5, channels first), then
+    VLM-3R's bilinear resize to 432 (align_corners=False): equal bit for bit."""
+    image_transforms = pytest.importorskip("transformers.image_transforms")
+    from transformers.image_utils import ChannelDimension, PILImageResampling
+
+    frames = np.random.default_rng(3).integers(0, 256, size=(2, 45, 70, 3), dtype=np.uint8)
+    first = ChannelDimension.FIRST
+    ref = []
+    for frame in frames:
+        x = image_transforms.resize(frame, size=(384, 384), resample=PILImageResampling.BICUBIC, data_format=first)
+        x = image_transforms.rescale(x, scale=1 / 255, data_format=first)
+        ref.append(image_transforms.normalize(x, mean=(0.5,) * 3, std=(0.5,) * 3, data_format=first))
+    ref = torch.nn.functional.interpolate(torch.from_numpy(np.stack(ref)), size=(432, 432), mode="bilinear",
+                                          align_corners=False)
+    assert ref.dtype == torch.float32
+    assert torch.equal(preprocess_frames(frames), ref)
+
+
 def test_config_parsing_is_literal_only():
     cfg = full_config("cut3r_512_dpt_4_64")
     assert cfg.depth_mode == ("exp", -float("inf"), float("inf")) and cfg.img_size == (512, 512)

@@ -292,3 +292,24 @@ def test_killed_driver_leaves_debris_that_the_rerun_cleans_up(template, clean_ha
     assert summary.removed_debris == [".shard-000002.tar.tmp"]
     assert (summary.extracted, summary.skipped) == (3, 2)
     assert file_hashes(tokens) == clean_hashes
+
+
+def test_non_finite_points_become_an_error_not_a_sample():
+    from types import SimpleNamespace
+
+    from workers.extract import DecodedScene, SceneError, SceneJob, encode_scenes, run_identity
+
+    options = ExtractOptions(input_size=SIZE, squash_size=SQUASH, with_points=True)
+    identity = run_identity(ModelSpec("random_tiny").describe(), options)
+    n, c, t = (SIZE // 16) ** 2, identity["token_width"], 2
+    rows = [{"rank": i, "frame_index": i, "timestamp": 0.0, "camera_to_world": [0.0] * 16, "valid": True}
+            for i in range(t)]
+    scenes = [DecodedScene(SceneJob("scannet", f"scene000{i}_00", f"scannet_scene000{i}_00", "/nowhere"),
+                           np.zeros((t, 3, SIZE, SIZE), np.float32), rows) for i in range(2)]
+    points = torch.zeros(2, t, n, 3)
+    points[1, 1, 3, 2] = float("nan")  # the second scene's point head diverged on one patch
+    out = SimpleNamespace(camera_tokens=torch.zeros(2, t, 1, c), patch_tokens=torch.zeros(2, t, n, c), points=points)
+    encoder = SimpleNamespace(encode=lambda frames, points=False: out)
+    good, bad = encode_scenes(encoder, scenes, options, identity)
+    assert good.points.shape == (t, n, 3)
+    assert isinstance(bad, SceneError) and "non-finite points" in bad.message

@@ -117,7 +117,12 @@ def test_shards_are_byte_identical_and_members_have_fixed_headers(tmp_path):
 def test_rollover_by_size_and_index_hashes(tmp_path):
     samples = [make_sample(f"scannet_scene{i:04d}_00", seed=i) for i in range(7)]
     sample_bytes = sum(512 + -(-len(d) // 512) * 512 for _, d in sample_members(samples[0]))
-    limit = 3 * sample_bytes + 1024 + 100  # three samples and the end-of-archive blocks fit, four do not
+
+    def closed(n: int) -> int:  # file size of n samples: end-of-archive blocks, padded to whole tar records
+        return -(-(n * sample_bytes + 1024) // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
+
+    limit = closed(3) + 100
+    assert closed(4) > limit, "the samples should be big enough that four do not fit"
     records = write_samples(tmp_path, samples, max_shard_bytes=limit)
     assert [list(r.keys) for r in records] == [[s.key for s in samples[i:i + 3]] for i in (0, 3, 6)]
     index = read_index(tmp_path)
@@ -126,8 +131,8 @@ def test_rollover_by_size_and_index_hashes(tmp_path):
         data = (tmp_path / entry["file"]).read_bytes()
         assert entry["sha256"] == hashlib.sha256(data).hexdigest() and entry["size_bytes"] == len(data)
         assert entry["num_samples"] == len(entry["keys"])
-        # the tar records padding may round the file up, but never past one more record
-        assert len(data) <= limit + tarfile.RECORDSIZE
+        # the file as written, tar record padding included, stays within the limit
+        assert len(data) <= limit
         marker = read_json(tmp_path / MARKER_DIR / entry["file"].replace(".tar", ".json"))
         assert marker["sha256"] == entry["sha256"] and marker["identity"] == {"model_id": "m"}
     # a sample bigger than the limit gets a shard of its own
@@ -186,6 +191,10 @@ def _npy(array) -> bytes:
     ("frames.json", lambda d: json.dumps(json.loads(d)[:2]).encode(), "frames.json has 2 frames, tokens have 3"),
     ("meta.json", lambda d: json.dumps({**json.loads(d), "dtype": "int8"}).encode(), "unknown token dtype 'int8'"),
     ("points.npy", lambda d: _npy(np.zeros((3, 4, 3), np.float16)), "points.npy is float16"),
+    # 4 patches of width 8 cannot come from a 48x48 input (3x3 patches of 16) of a model with width 768
+    ("meta.json", lambda d: json.dumps({**json.loads(d), "input_size": 48,
+                                        "model_config": {"patch_size": 16, "dec_embed_dim": 768}}).encode(),
+     "do not match input_size 48 with patch_size 16 and dec_embed_dim 768 (expected 9 / 768)"),
 ])
 def test_reader_fails_loudly_on_a_wrong_sample(tmp_path, suffix, change, message):
     write_samples(tmp_path, [make_sample("scannet_scene0000_00")], max_shard_bytes=100)
@@ -225,3 +234,28 @@ def test_writer_refuses_invalid_samples(tmp_path):
     short.jpegs = short.jpegs[:2]
     with pytest.raises(ShardError, match="2 JPEG frames"):
         ShardWriter(tmp_path, max_shard_bytes=10**6).write(short)
+
+
+def test_more_than_a_thousand_jpeg_frames_read_back_in_rank_order(tmp_path):
+    # frame_1000.jpg sorts between frame_100.jpg and frame_101.jpg as text; the reader must order frames by rank
+    sample = make_sample("scannet_scene0000_00", t=1002, n=1, c=2, points=False, frames=False)
+    tiny = [cv2.imencode(".jpg", np.full((8, 8, 3), i % 256, np.uint8))[1].tobytes() for i in range(1002)]
+    sample.jpegs, sample.meta["with_frames"] = tiny, True
+    write_samples(tmp_path, [sample])
+    (back,) = list(iter_samples(tmp_path))
+    assert back.jpegs == tiny
+
+
+def test_a_closed_shard_never_exceeds_the_limit(tmp_path):
+    # tarfile pads the closed archive to whole 10 kB records: the rollover must count that padding, or a limit just
+    # above the members' bytes lets the file grow past it
+    samples = [make_sample(f"scannet_scene{i:04d}_00", seed=i) for i in range(7)]
+    sample_bytes = sum(512 + -(-len(d) // 512) * 512 for _, d in sample_members(samples[0]))
+    for extra in (0, 100, 3000, 7000):
+        limit = 2 * sample_bytes + 1024 + extra
+        records = write_samples(tmp_path / str(extra), samples, max_shard_bytes=limit)
+        assert [k for r in records for k in r.keys] == [s.key for s in samples]
+        for record in records:
+            size = (tmp_path / str(extra) / record.file).stat().st_size
+            assert size == record.size_bytes
+            assert len(record.keys) == 1 or size <= limit, (extra, record)
