@@ -36,7 +36,8 @@ def decode_image_bytes(data: bytes, path: str, what: str = "image") -> np.ndarra
             raise InputError(path, f"corrupt {what}: JPEG without end-of-image marker (truncated)")
         _verify_jpeg(data, path, what)
     buf = np.frombuffer(data, np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if len(buf) else None
+    # Raw pixels: orientation is the reader's business (rotate_k), so EXIF orientation tags must not rotate them.
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if len(buf) else None
     if img is None:
         raise InputError(path, f"corrupt {what}: cannot decode")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)

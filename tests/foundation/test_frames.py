@@ -112,3 +112,18 @@ def test_damaged_or_truncated_jpeg_is_an_error(tmp_path):
     for name in ("tables.jpg", "cut.jpg"):
         with pytest.raises(InputError, match=name + ".*corrupt"):
             decode_colors(_frames([{"color_kind": "image", "color_path": str(tmp_path / name)}]))
+
+
+def test_exif_orientation_does_not_rotate_pixels(tmp_path):
+    """Orientation is handled by the reader (rotate_k); an EXIF tag in a JPEG must not rotate the decoded pixels."""
+    from PIL import Image
+
+    img = _image(2, 48, 64)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    Image.fromarray(img).save(tmp_path / "tagged.jpg", quality=95, exif=exif)
+    Image.fromarray(img).save(tmp_path / "plain.jpg", quality=95)
+    tagged, plain = decode_colors(_frames([{"color_kind": "image", "color_path": str(tmp_path / "tagged.jpg")},
+                                           {"color_kind": "image", "color_path": str(tmp_path / "plain.jpg")}]))
+    assert tagged.shape == (48, 64, 3)
+    np.testing.assert_array_equal(tagged, plain)
