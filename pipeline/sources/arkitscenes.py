@@ -274,7 +274,9 @@ def infer_sky_direction(camera_to_world: np.ndarray) -> str:
 
     Averages the camera up (c2w . (0, -1, 0)) and right (c2w . (1, 0, 0)) vectors over the frames and measures
     their angles to world +z: when the up vector is the more horizontal of the two, the scan is sideways (Left if
-    the right vector points down, else Right); otherwise Down if the up vector points down, else Up.
+    the right vector points down, else Right); otherwise Down if the up vector points down, else Up. As in CUT3R,
+    the angle is ``acos`` of the mean vector's z component, the mean vector **not** renormalised (a direction that
+    varies over the scan counts as more horizontal).
     """
     rot = np.asarray(camera_to_world, np.float64).reshape(-1, 4, 4)[:, :3, :3]
     if len(rot) == 0:
@@ -282,8 +284,7 @@ def infer_sky_direction(camera_to_world: np.ndarray) -> str:
     up, right = -rot[:, :, 1].mean(axis=0), rot[:, :, 0].mean(axis=0)
 
     def angle_to_z_deg(v: np.ndarray) -> float:
-        norm = np.linalg.norm(v)
-        return 90.0 if norm == 0 else math.degrees(math.acos(float(np.clip(v[2] / norm, -1.0, 1.0))))
+        return math.degrees(math.acos(float(np.clip(v[2], -1.0, 1.0))))
 
     up_deg, right_deg = angle_to_z_deg(up), angle_to_z_deg(right)
     if abs(up_deg - 90.0) < abs(right_deg - 90.0):

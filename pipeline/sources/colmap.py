@@ -167,17 +167,21 @@ def read_cameras_txt(path: str | os.PathLike) -> dict[int, ColmapCamera]:
 
 
 def read_images_txt(path: str | os.PathLike) -> list[ColmapImage]:
-    """Images in file order. Each image is a pose line followed by a 2D-points line (possibly empty)."""
+    """Images in file order. Each image is a pose line followed by its 2D-points line (possibly empty).
+
+    As COLMAP's own reader does, empty lines where a pose line is expected are skipped, and the line right after a
+    pose line is always its points line (a final pose line may lack it).
+    """
     path = Path(path)
     lines = _data_lines(path)
-    # Trailing empty lines past the last pair are padding, but an empty points line of the last image is not:
-    # strip empties at the end, then accept a final pose line without its points line.
-    while lines and not lines[-1][1]:
-        lines.pop()
     images: list[ColmapImage] = []
     seen: set[int] = set()
-    for k in range(0, len(lines), 2):
+    k = 0
+    while k < len(lines):
         lineno, line = lines[k]
+        if not line:
+            k += 1
+            continue
         parts = line.split()
         if len(parts) < 10:
             raise InputError(path, f"line {lineno}: expected 'IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME', "
@@ -196,6 +200,7 @@ def read_images_txt(path: str | os.PathLike) -> list[ColmapImage]:
             if len(points.split()) % 3:
                 raise InputError(path, f"line {points_lineno}: 2D-points line must hold X Y POINT3D_ID triples; "
                                        "the two-lines-per-image pairing is broken")
+        k += 2
         if image_id in seen:
             raise InputError(path, f"line {lineno}: duplicate image id {image_id}")
         seen.add(image_id)

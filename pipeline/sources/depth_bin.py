@@ -206,7 +206,8 @@ def _read_deflate_frame(path: Path, frame: int, width: int, height: int) -> np.n
 
 
 def _count_deflate_frames(path: Path, width: int, height: int) -> tuple[int | None, str | None]:
-    """Stream the whole file once (bounded memory); (frames, None) if it is one complete raw-DEFLATE stream."""
+    """Stream the whole file once (bounded memory); (frames, None) if it starts with one complete raw-DEFLATE
+    stream of whole frames."""
     frame_bytes = width * height * 4
     d = zlib.decompressobj(-15)
     total = 0
@@ -219,9 +220,7 @@ def _count_deflate_frames(path: Path, width: int, height: int) -> tuple[int | No
                 total += len(d.decompress(src, _CHUNK_OUT))
             except zlib.error as exc:
                 return None, f"not raw DEFLATE after {total} decompressed bytes ({exc})"
-        trailing = len(d.unused_data) + len(fh.read(1))
-    if trailing:
-        return None, "bytes after the end of the raw-DEFLATE stream"
+    # Bytes after the end-of-stream marker are ignored, as the official decoder's zlib.decompress ignores them.
     if total == 0 or total % frame_bytes:
         return None, f"raw-DEFLATE stream of {total} bytes is not a whole number of float32 {width}x{height} frames"
     return total // frame_bytes, None

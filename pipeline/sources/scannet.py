@@ -6,7 +6,9 @@ Per scene ``<raw>/scans/<scene_id>/`` (train/val) or ``<raw>/scans_test/<scene_i
   frame's JPEG and zlib-depth byte ranges inside the file. Poses are ``A @ c2w`` with ``A`` the ``axisAlignment``
   of ``<scene>.txt`` (identity when the line is absent, as for test scenes; recorded in ``alignment_source``).
   Frames whose stored pose is not finite (ScanNet writes all -inf when tracking was lost) or not a rigid
-  transform keep their row with a NaN pose and ``valid = false``.
+  transform keep their row with a NaN pose and ``valid = false``. ``timestamp`` is the colour timestamp when the
+  ``.sens`` timestamps increase strictly; most released scans store 0 for every frame (ScanNet issues #9, #39),
+  and then it is frame index / 24 s, VLM-3R's ScanNet video rate (``meta["timestamp_source"]`` says which).
 - ``<scene>_vh_clean_2.ply`` is the mesh; its vertices are aligned with ``A`` too.
 - ``<scene>_vh_clean_2.0.010000.segs.json`` + ``<scene>.aggregation.json`` give the instances: vertex v belongs to
   the group whose ``segments`` contain ``segIndices[v]``; a segment listed by several groups goes to the last one
@@ -52,6 +54,9 @@ _SCENE_ID = re.compile(r"^scene\d{4}_\d{2}$")
 # Where split lists may live: the release root, or a copy of ScanNet's Tasks/Benchmark folder inside it.
 _SPLIT_DIRS = (".", "Tasks/Benchmark")
 UNLISTED_SPLIT = "unlisted"
+# Frame rate VLM-3R writes ScanNet videos at (and its FPS tables use): the time base when the .sens has no usable
+# timestamps.
+SCANNET_NOMINAL_FPS = 24.0
 
 
 @dataclass(frozen=True)
@@ -256,7 +261,7 @@ def read_instance_mask(zip_path: str | Path, frame_index: int) -> np.ndarray:
 
 # ---- the reader ------------------------------------------------------------------------------------------------
 
-def _frames_table(paths: ScanNetPaths, align: np.ndarray) -> tuple[pa.Table, str]:
+def _frames_table(paths: ScanNetPaths, align: np.ndarray) -> tuple[pa.Table, str, str]:
     header, index = read_sens_index(paths.sens)
     if header.color_compression != COLOR_JPEG:
         raise InputError(paths.sens, f"colour compression {COLOR_COMPRESSION[header.color_compression]!r} is not "
@@ -277,11 +282,12 @@ def _frames_table(paths: ScanNetPaths, align: np.ndarray) -> tuple[pa.Table, str
         raise InputError(paths.sens, f"no frame of {n} has a valid (finite, rigid) pose")
     c2w = np.full((n, 4, 4), np.nan)
     c2w[valid] = align @ index.camera_to_world[valid]
+    timestamps, timestamp_source = frame_timestamps(index.timestamp_color_us)
     sens_path = str(paths.sens)
     cols = frames_columns(n)
     cols.update({
         "frame_index": np.arange(n, dtype=np.int64),
-        "timestamp": index.timestamp_color_us.astype(np.float64) / 1e6,     # microseconds -> seconds
+        "timestamp": timestamps,
         "camera_to_world": c2w.reshape(n, 16), "valid": valid,
         "fx": np.full(n, kc[0, 0]), "fy": np.full(n, kc[1, 1]), "cx": np.full(n, kc[0, 2]), "cy": np.full(n, kc[1, 2]),
         "width": np.full(n, header.color_width, np.int32), "height": np.full(n, header.color_height, np.int32),
@@ -295,7 +301,22 @@ def _frames_table(paths: ScanNetPaths, align: np.ndarray) -> tuple[pa.Table, str
         "depth_fx": np.full(n, kd[0, 0]), "depth_fy": np.full(n, kd[1, 1]),
         "depth_cx": np.full(n, kd[0, 2]), "depth_cy": np.full(n, kd[1, 2]),
     })
-    return table_from_columns(FRAMES_SCHEMA, cols), header.sensor_name
+    return table_from_columns(FRAMES_SCHEMA, cols), header.sensor_name, timestamp_source
+
+
+def frame_timestamps(timestamp_color_us: np.ndarray) -> tuple[np.ndarray, str]:
+    """Frame times (s) and where they came from.
+
+    The ``.sens`` colour timestamps (microseconds) are used when they are strictly increasing. Most released scans
+    store 0 for every frame, and some hold stray values in a few frames (ScanNet issues #9, #39); then the frame
+    index at VLM-3R's ScanNet video rate (``SCANNET_NOMINAL_FPS``) is the time, as VLM-3R's videos and frame
+    metadata use.
+    """
+    stamps = np.asarray(timestamp_color_us, np.uint64).astype(np.float64)
+    if len(stamps) >= 2 and bool((np.diff(stamps) > 0).all()):
+        return stamps / 1e6, "sens timestamp_color (microseconds)"
+    return (np.arange(len(stamps), dtype=np.float64) / SCANNET_NOMINAL_FPS,
+            f"frame index / {SCANNET_NOMINAL_FPS:g} fps (the .sens colour timestamps are not strictly increasing)")
 
 
 def _read_annotations(paths: ScanNetPaths, num_vertices: int) -> tuple[np.ndarray, list[dict], int]:
@@ -378,7 +399,7 @@ class ScanNetReader:
         paths = ScanNetPaths.of(scene_dir)
         meta_txt = read_scene_meta(paths.meta)
         align, alignment_source = axis_alignment(meta_txt, paths.meta)
-        frames, sensor_name = _frames_table(paths, align)
+        frames, sensor_name, timestamp_source = _frames_table(paths, align)
 
         mesh = read_ply(paths.mesh)
         if len(mesh.vertices) == 0:
@@ -396,6 +417,7 @@ class ScanNetReader:
             "alignment": align.tolist(),
             "alignment_source": alignment_source,
             "sensor_name": sensor_name,
+            "timestamp_source": timestamp_source,
             "scene_type": meta_txt.get("sceneType", ""),
             "invalid_frames": int((~np.asarray(frames.column("valid").to_numpy(zero_copy_only=False))).sum()),
         }

@@ -66,7 +66,9 @@ POSE_CHECK_TOLERANCE_M = 0.01    # aligned_pose vs COLMAP: flag above 1 cm ...
 POSE_CHECK_TOLERANCE_DEG = 1.0   # ... or 1 degree
 MINMAX_TOLERANCE_M = 1e-3        # recomputed AABB vs the file's obb min/max
 UNLISTED_SPLIT = "unlisted"
-_SCENE_ID = re.compile(r"^[0-9a-f]{10}$")
+# Scene ids are mostly 10 hex characters, but the release also has a few others: the nvs_sem_train list holds
+# "7104910700000" and the 9-digit "511061232", "717485935", "736536044" (as do VLM-3R's copies of the lists).
+_SCENE_ID = re.compile(r"^[0-9a-f]{6,16}$")
 _FRAME_KEY = re.compile(r"^frame_(\d+)$")
 _FRAME_NAME = re.compile(r"^frame_(\d+)\.(?:jpg|jpeg|png)$", re.IGNORECASE)
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -133,7 +135,7 @@ def read_split_lists(raw: str | Path) -> dict[str, list[str]]:
         ids = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         bad = [i for i in ids if not _SCENE_ID.match(i)]
         if bad:
-            raise InputError(path, f"not a ScanNet++ scene id (10 hex chars): {bad[0]!r}")
+            raise InputError(path, f"not a ScanNet++ scene id (6 to 16 hex digits): {bad[0]!r}")
         out.setdefault(_split_name(path), []).extend(ids)
     return out
 

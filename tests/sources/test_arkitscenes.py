@@ -21,8 +21,8 @@ from pipeline.ply import write_ply
 from pipeline.scene import box_aabb, read_scene as read_canonical, write_scene
 from pipeline.schemas import column_as_array
 from pipeline.sources import get_reader
-from pipeline.sources.arkitscenes import (CLASS_NAMES, READER, ArkitScenesReader, ScanInfo, match_timestamps,
-                                          read_scan_csv, read_traj, rotate_camera)
+from pipeline.sources.arkitscenes import (CLASS_NAMES, READER, ArkitScenesReader, ScanInfo, infer_sky_direction,
+                                          match_timestamps, read_scan_csv, read_traj, rotate_camera)
 from pipeline.sources.arkitscenes_writer import arkitscenes_label, video_id_for, write_arkitscenes
 from pipeline.sources.synthetic import SyntheticObject, SyntheticScene
 
@@ -440,6 +440,30 @@ def test_match_timestamps_ties_edges_and_order():
     assert match_timestamps(frames, poses, 0.005).tolist() == [1, -1, -1, 2, -1, -1, 2]
     assert match_timestamps(frames, poses, 0.5).tolist() == [1, 1, 0, 2, 2, -1, 2]
     assert match_timestamps(frames, np.zeros(0), 1.0).tolist() == [-1] * 7
+
+
+def _c2w_from_right_up(right, up):
+    right, down = np.asarray(right, float), -np.asarray(up, float)
+    c2w = np.eye(4)
+    c2w[:3, :3] = np.stack([right, down, np.cross(right, down)], axis=1)   # columns: camera x, y, z in the world
+    return c2w
+
+
+def test_sky_direction_from_poses_uses_cut3r_unnormalised_mean_vectors():
+    upright = _c2w_from_right_up([1, 0, 0], [0, 0, 1])
+    assert infer_sky_direction(upright[None]) == "Up"
+    assert infer_sky_direction(_c2w_from_right_up([0, 0, -1], [1, 0, 0])[None]) == "Left"
+    assert infer_sky_direction(_c2w_from_right_up([0, 0, 1], [1, 0, 0])[None]) == "Right"
+    assert infer_sky_direction(_c2w_from_right_up([-1, 0, 0], [0, 0, -1])[None]) == "Down"
+    # Two frames whose up vectors tilt 72.5 deg from +z to either side: their mean (0, 0, 0.3) is short. CUT3R takes
+    # acos of the mean's z without renormalising (72.5 deg, nearer 90 than the right vector's 116.7 deg), so the scan
+    # is sideways with the right vector pointing down: Left. Renormalising would give 0 deg and "Up".
+    s, c = 0.3, np.sqrt(1 - 0.09)
+    a, b = -0.45 / c, np.sqrt(1 - (0.45 / c) ** 2)
+    poses = np.stack([_c2w_from_right_up([-s * a, b, c * a], [c, 0, s]),
+                      _c2w_from_right_up([s * a, b, c * a], [-c, 0, s])])
+    np.testing.assert_allclose([np.linalg.det(p[:3, :3]) for p in poses], 1.0)
+    assert infer_sky_direction(poses) == "Left"
 
 
 @pytest.mark.parametrize("k", [0, 1, 2, 3])

@@ -265,6 +265,18 @@ def test_fixture_frames(fixture_root):
         assert np.abs(colors[k].astype(int) - fixture_rgb(k)).mean() < 2.0
 
 
+@pytest.mark.parametrize("stamps_us", [[0] * 10, [0, 0, 0, 7_000_123, 0, 0, 0, 0, 0, 0]], ids=["all_zero", "stray"])
+def test_unusable_sens_timestamps_fall_back_to_index_at_24_fps(fixture_root, stamps_us):
+    # Most released .sens files store 0 for every frame's timestamp, some a stray value (ScanNet issues #9, #39):
+    # the frame time is then the index at VLM-3R's ScanNet video rate, so times still order and space the frames.
+    payloads = [SensFramePayload(p.camera_to_world, t, t, p.color_bytes, p.depth_bytes)
+                for p, t in zip(fixture_payloads(), stamps_us)]
+    write_sens(fixture_root / "scans" / SCENE / f"{SCENE}.sens", fixture_sens_header(), payloads)
+    scene = get_reader("scannet").read_scene(fixture_root, SCENE, "train")
+    np.testing.assert_allclose(column_as_array(scene.frames, "timestamp"), np.arange(10) / 24.0)
+    assert scene.meta["timestamp_source"].startswith("frame index / 24")
+
+
 def test_fixture_mesh_instances_objects_and_labels(fixture_root):
     scene = READER.read_scene(fixture_root, SCENE, "train")
     raw_vertices = read_ply(fixture_root / "scans" / SCENE / f"{SCENE}_vh_clean_2.ply").vertices

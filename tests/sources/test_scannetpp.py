@@ -214,6 +214,17 @@ def test_split_lists(spp_root, tmp_path):
         list_scenes(root)
 
 
+
+def test_release_scene_ids_that_are_not_ten_hex_characters(tmp_path):
+    # The release's nvs_sem_train list (and VLM-3R's copy) holds a few ids that are not 10 hex characters.
+    root = tmp_path / "r"
+    ids = ["7104910700000", "511061232", "717485935", "0a5c013435"]
+    for sid in ids:
+        (root / "data" / sid).mkdir(parents=True)
+    (root / "splits").mkdir()
+    (root / "splits" / "nvs_sem_train.txt").write_text("\n".join(ids) + "\n")
+    assert list_scenes(root) == sorted((sid, "train") for sid in ids)
+
 def test_yaw_rotated_obb_rows_as_axes(spp_scene):
     objects = spp_scene.objects.to_pylist()
     by_id = {o["instance_id"]: o for o in objects}
@@ -294,6 +305,20 @@ def test_images_txt_without_empty_lines_is_rejected(tmp_path):
     assert len(read_images_txt(path)) == 1
 
 
+def test_images_txt_blank_lines_where_a_pose_line_is_expected_are_skipped(tmp_path):
+    # COLMAP's reader skips empty lines while looking for a pose line and takes the next line as its points line.
+    path = tmp_path / "images.txt"
+    lines = ["# Image list with two lines of data per image:", ""]
+    for i in (1, 2, 3):
+        lines += [_w2c_line(i, np.linalg.inv(fixture_c2w(i)), f"frame_{i:06d}.jpg"),
+                  "10.5 20.5 7 11.0 12.0 -1" if i == 2 else "", ""]
+    path.write_text("\n".join(lines) + "\n")
+    images = read_images_txt(path)
+    assert [img.image_id for img in images] == [1, 2, 3]
+    for i, img in zip((1, 2, 3), images):
+        np.testing.assert_allclose(img.camera_to_world, fixture_c2w(i), atol=1e-9)
+
+
 def test_quaternions_round_trip_including_half_turns():
     rng = np.random.default_rng(3)
     rotations = [qvec_to_rotmat(q) for q in rng.normal(size=(50, 4))]
@@ -351,6 +376,18 @@ def test_deflate_records_are_millimetres(tmp_path):
     assert index.kind == "depth_bin_record" and index.unit_m == 0.001
     frame = read_depth_frame(tmp_path / "d.bin", index.kind, int(index.offsets[1]), int(index.lengths[1]))
     assert np.all(frame[:10] == 0) and np.allclose(frame[10:], 1250.0)
+
+
+def test_whole_file_deflate_ignores_bytes_after_the_stream_end(tmp_path):
+    # The official decoder (zlib.decompress of the whole file, wbits=-15) ignores data after the end-of-stream marker.
+    depth = np.full((3, 192, 256), 1.5, np.float32)
+    comp = zlib.compressobj(6, zlib.DEFLATED, -15)
+    stream = comp.compress(depth.tobytes()) + comp.flush()
+    (tmp_path / "d.bin").write_bytes(stream + b"\x00" * 7)
+    assert zlib.decompress((tmp_path / "d.bin").read_bytes(), wbits=-15) == depth.tobytes()
+    index = index_depth_bin(tmp_path / "d.bin")
+    assert index.kind == "depth_bin_deflate_f32" and index.num_frames == 3
+    assert np.all(read_depth_frame(tmp_path / "d.bin", index.kind, 2, 0) == np.float32(1.5))
 
 
 def test_video_frames_decode_to_the_encoded_rgb(spp_scene):
