@@ -22,7 +22,10 @@ Decisions (see datasets.md §3):
   50 ms stale). The official rule is the default because everything downstream (CUT3R tokens, box projections,
   camera-motion QA) needs the pose of that very image, and the 10 Hz posed frames far outnumber the 32 sampled per
   scene. Times are compared in integer microseconds so ties and the tolerance edge are exact; a tie between two
-  lines picks the earlier one. Frames without a pose within the tolerance stay in the table with ``valid = false``.
+  lines picks the earlier one. A frame without such a line but between two lines at most
+  ``pose_interpolation_max_gap_s`` apart (default 0.15 s; 0 turns it off) gets CUT3R's interpolated pose (camera
+  centre linear, rotation slerp), so every 60 fps frame of a tracked stretch is posed. Other frames (outside the
+  traj, or in a longer gap: lost tracking) stay in the table with ``valid = false``.
 - Intrinsics: one ``.pincam`` (``w h fx fy cx cy``) per frame, found by the frame's name or, as the official
   loader does for rounding differences, by the name of ``ts - 0.001`` then ``ts + 0.001``. A frame without one is
   kept with ``valid = false`` and NaN intrinsics.
@@ -74,6 +77,7 @@ LAYOUTS = ("raw", "3dod")   # searched in this order; a video present in both is
 SKY_ROTATE_K = {"Up": 0, "Right": 1, "Down": 2, "Left": 3}
 
 DEFAULT_POSE_MATCH_TOLERANCE_S = 0.005   # official ARKitScenes loader; VLM-3R uses 0.05
+DEFAULT_POSE_INTERPOLATION_MAX_GAP_S = 0.15   # 1.5 x the 10 Hz traj interval: longer gaps are lost tracking
 PINCAM_NAME_FALLBACK_S = 0.001           # official loader: try ts -/+ 1 ms when the .pincam name differs
 DEPTH_SCALE_M = 0.001                    # lowres_depth PNGs hold uint16 millimetres
 
@@ -197,6 +201,42 @@ def match_timestamps(frame_s: np.ndarray, pose_s: np.ndarray, tolerance_s: float
     nearest = np.where(right_gap < left_gap, right, left)
     gap = np.minimum(left_gap, right_gap)
     return np.where(gap <= int(round(tolerance_s * 1e6)), order[nearest], -1)
+
+
+def interpolate_poses(frame_s: np.ndarray, pose_s: np.ndarray, camera_to_world: np.ndarray,
+                      max_gap_s: float) -> np.ndarray:
+    """Camera-to-world at each frame time between two traj lines at most ``max_gap_s`` apart (CUT3R's rule: the
+    camera centre linearly, the rotation by spherical interpolation); NaN where the frame is outside the traj or
+    inside a longer gap (lost tracking). ``camera_to_world`` [P, 4, 4] are the traj poses, ``pose_s`` their times."""
+    from scipy.spatial.transform import Rotation
+
+    frame_us = np.rint(np.asarray(frame_s, np.float64) * 1e6).astype(np.int64)
+    pose_us = np.rint(np.asarray(pose_s, np.float64) * 1e6).astype(np.int64)
+    out = np.full((len(frame_us), 4, 4), np.nan)
+    order = np.argsort(pose_us, kind="stable")
+    pose_us, c2w = pose_us[order], np.asarray(camera_to_world, np.float64)[order]
+    usable = np.isfinite(c2w).all(axis=(1, 2))
+    pose_us, c2w = pose_us[usable], c2w[usable]
+    if len(pose_us) < 2:
+        return out
+    right = np.searchsorted(pose_us, frame_us, side="right")
+    inside = (right > 0) & (right < len(pose_us))
+    left = np.clip(right - 1, 0, len(pose_us) - 1)
+    right = np.clip(right, 0, len(pose_us) - 1)
+    span = pose_us[right] - pose_us[left]
+    inside &= (span > 0) & (span <= int(round(max_gap_s * 1e6)))
+    idx = np.flatnonzero(inside)
+    if len(idx) == 0:
+        return out
+    w = (frame_us[idx] - pose_us[left[idx]]) / span[idx]                    # [K] in [0, 1)
+    r0 = Rotation.from_matrix(c2w[left[idx], :3, :3])
+    r1 = Rotation.from_matrix(c2w[right[idx], :3, :3])
+    delta = (r0.inv() * r1).as_rotvec()                                     # shortest arc from r0 to r1
+    rot = (r0 * Rotation.from_rotvec(delta * w[:, None])).as_matrix()
+    out[idx] = np.eye(4)
+    out[idx, :3, :3] = rot
+    out[idx, :3, 3] = (1 - w)[:, None] * c2w[left[idx], :3, 3] + w[:, None] * c2w[right[idx], :3, 3]
+    return out
 
 
 def read_pincam(path: Path) -> tuple[float, float, float, float, float, float]:
@@ -380,9 +420,14 @@ class ArkitScenesReader:
 
     name = DATASET
 
-    def __init__(self, pose_match_tolerance_s: float = DEFAULT_POSE_MATCH_TOLERANCE_S, unknown_labels: str = "error"):
+    def __init__(self, pose_match_tolerance_s: float = DEFAULT_POSE_MATCH_TOLERANCE_S, unknown_labels: str = "error",
+                 pose_interpolation_max_gap_s: float = DEFAULT_POSE_INTERPOLATION_MAX_GAP_S):
         if not (pose_match_tolerance_s >= 0 and math.isfinite(pose_match_tolerance_s)):
             raise ValueError(f"pose_match_tolerance_s must be a finite number >= 0, got {pose_match_tolerance_s}")
+        if not (pose_interpolation_max_gap_s >= 0 and math.isfinite(pose_interpolation_max_gap_s)):
+            raise ValueError("pose_interpolation_max_gap_s must be a finite number >= 0 (0 = no interpolation), "
+                             f"got {pose_interpolation_max_gap_s}")
+        self.pose_interpolation_max_gap_s = float(pose_interpolation_max_gap_s)
         if unknown_labels not in ("error", "skip"):
             raise ValueError(f"unknown_labels must be 'error' or 'skip', got {unknown_labels!r}")
         self.pose_match_tolerance_s = float(pose_match_tolerance_s)
@@ -466,6 +511,7 @@ class ArkitScenesReader:
             "sky_direction_from_poses": sky_from_poses,
             "rotate_k": SKY_ROTATE_K[sky],
             "pose_match_tolerance_s": self.pose_match_tolerance_s,
+            "pose_interpolation_max_gap_s": self.pose_interpolation_max_gap_s,
             "category_map": "ARKitScenes taxonomy.py, 17 classes; label with ' ', '-', '/' -> '_'",
             "object_uids": uids,
             **counts,
@@ -495,6 +541,10 @@ class ArkitScenesReader:
         match = match_timestamps(frame_s, traj_s, self.pose_match_tolerance_s)
         stored_c2w = np.full((n, 4, 4), np.nan)
         stored_c2w[match >= 0] = traj_camera_to_world[match[match >= 0]]
+        if self.pose_interpolation_max_gap_s > 0:  # frames between two traj lines: CUT3R's interpolation
+            between = interpolate_poses(frame_s, traj_s, traj_camera_to_world, self.pose_interpolation_max_gap_s)
+            fill = (match < 0) & np.isfinite(between).all(axis=(1, 2))
+            stored_c2w[fill] = between[fill]
         posed = finite_pose_mask(stored_c2w)
         if not posed.any():
             raise InputError(traj_path, f"no frame of {color_dir} has a pose within {self.pose_match_tolerance_s} s "

@@ -211,14 +211,37 @@ def test_frames_sorted_numerically_and_exact_poses_at_traj_times(tmp_path, layou
     np.testing.assert_allclose(column_as_array(frames, "timestamp"), np.round(FRAME_S, 3), atol=1e-9)
     assert column_as_array(frames, "frame_index").tolist() == list(range(30))
     assert all(Path(p).parent == frames_dir / "lowres_wide" for p in frames.column("color_path").to_pylist())
-    # Default tolerance 0.005 s (official): exactly the frames on a traj line are posed, with the exact pose.
+    # Frames on a traj line (within 0.005 s, the official rule) get its exact pose; the 60 fps frames between two
+    # 10 Hz lines get CUT3R's interpolation: camera centre linear, rotation slerp.
     valid = column_as_array(frames, "valid")
-    assert np.flatnonzero(valid).tolist() == list(range(0, 30, 6))
+    assert valid.all()
     for k in range(5):
         np.testing.assert_allclose(pose_matrix(frames, 6 * k), upright_camera_to_world(k), atol=1e-9)
-    assert np.isnan(pose_matrix(frames, 1)).all()
-    assert scene.meta["pose_match_tolerance_s"] == 0.005 and scene.meta["frames_with_pose"] == 5
+    from scipy.spatial.transform import Rotation
+
+    stamps = column_as_array(frames, "timestamp")
+    for j in (1, 3, 5):  # about 1/6, 1/2 and 5/6 of the way from line 0 to line 1 (names carry 3 decimals)
+        w = (stamps[j] - stamps[0]) / 0.1
+        a, b, got = upright_camera_to_world(0), upright_camera_to_world(1), pose_matrix(frames, j)
+        np.testing.assert_allclose(got[:3, 3], (1 - w) * a[:3, 3] + w * b[:3, 3], atol=1e-6)
+        full = Rotation.from_matrix(a[:3, :3].T @ b[:3, :3]).as_rotvec()
+        np.testing.assert_allclose(Rotation.from_matrix(a[:3, :3].T @ got[:3, :3]).as_rotvec(), w * full, atol=1e-6)
+    assert scene.meta["pose_match_tolerance_s"] == 0.005 and scene.meta["frames_with_pose"] == 30
     assert scene.meta["layout"] == layout
+    # Interpolation off: only the frames on a traj line are posed.
+    official = ArkitScenesReader(pose_interpolation_max_gap_s=0).read_scene(tmp_path, VID, "train")
+    assert np.flatnonzero(column_as_array(official.frames, "valid")).tolist() == list(range(0, 30, 6))
+    assert np.isnan(pose_matrix(official.frames, 1)).all()
+
+
+def test_frames_in_a_tracking_gap_are_not_interpolated(tmp_path):
+    frames_dir = make_scan(tmp_path)
+    traj = frames_dir / "lowres_wide.traj"
+    lines = traj.read_text().splitlines()
+    traj.write_text("\n".join(lines[:1] + lines[3:]) + "\n")  # lines 1 and 2 lost: a 0.3 s gap after 99.95 s
+    frames = READER.read_scene(tmp_path, VID, "train").frames
+    valid = column_as_array(frames, "valid")
+    assert valid[0] and not valid[1:18].any() and valid[18:].all()
 
 
 def test_vlm3r_tolerance_gives_every_frame_its_nearest_pose(tmp_path):
@@ -511,7 +534,7 @@ def small_synthetic_scene() -> SyntheticScene:
     return SyntheticScene(
         name="synth_small", seed=7, vertices=rng.uniform(0, 3, (20, 3)), faces=rng.integers(0, 20, (10, 3)),
         colors=rng.integers(0, 256, (20, 3)).astype(np.uint8), vertex_instance=np.zeros(20, np.int64),
-        objects=objects, camera_to_world=c2w, timestamps=5.0 + np.arange(num_frames) / 30.0,
+        objects=objects, camera_to_world=c2w, timestamps=5.0 + np.arange(num_frames) / 10.0,  # the 10 Hz of ARKit's traj
         intrinsics=np.array([[36.0, 0, 21.3], [0, 34.0, 13.7], [0, 0, 1]]), width=width, height=height,
         rgb=rng.integers(0, 256, (num_frames, height, width, 3)).astype(np.uint8), depth=depth,
         instance=np.zeros((num_frames, height, width), np.int32), invalid_frames=(3,))
