@@ -40,6 +40,20 @@ class ErrorRow:
         return cls(stage, dataset, scene_id, type(exc).__name__, str(exc), getattr(exc, "path", "") or "")
 
 
+def read_input_json(path: str | Path, what: str):
+    """A JSON input file of a dataset, or an InputError naming the file (missing, or not valid JSON). Python's json
+    accepts the -Infinity/NaN that Python-written dataset files use for lost poses."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, f"{what} not found")
+    try:
+        return json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"{what} is not valid JSON: {exc}") from exc
+
+
 def read_errors(path: str | Path) -> list[ErrorRow]:
     path = Path(path)
     if not path.exists():

@@ -40,7 +40,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, read_input_json
 from pipeline.ply import read_ply, write_ply
 from pipeline.scene import CanonicalScene, finite_pose_mask, frames_columns, objects_table, upright_box
 from pipeline.schemas import FRAMES_SCHEMA, column_as_array, table_from_columns
@@ -209,15 +209,6 @@ def read_label_map(path: str | Path) -> dict[str, LabelRow]:
     return out
 
 
-def _read_json(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise InputError(path, f"{what} not found")
-    try:
-        return json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"{what} is not valid JSON: {exc}") from exc
-
-
 def vertex_instances(seg_indices: np.ndarray, groups: list[dict]) -> tuple[np.ndarray, int]:
     """Per-vertex objectId (-1 = unannotated) and the number of segments claimed by several objects."""
     if not groups:
@@ -320,8 +311,8 @@ def frame_timestamps(timestamp_color_us: np.ndarray) -> tuple[np.ndarray, str]:
 
 
 def _read_annotations(paths: ScanNetPaths, num_vertices: int) -> tuple[np.ndarray, list[dict], int]:
-    segs = _read_json(paths.segments, "segments file")
-    agg = _read_json(paths.aggregation, "aggregation file")
+    segs = read_input_json(paths.segments, "segments file")
+    agg = read_input_json(paths.aggregation, "aggregation file")
     seg_indices = segs.get("segIndices") if isinstance(segs, dict) else None
     if not isinstance(seg_indices, list):
         raise InputError(paths.segments, "no segIndices list")

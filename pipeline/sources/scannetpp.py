@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.errors import InputError
+from pipeline.errors import InputError, read_input_json
 from pipeline.ply import read_ply
 from pipeline.scene import CanonicalScene, box_aabb, finite_pose_mask, frames_columns, objects_table
 from pipeline.schemas import FRAMES_SCHEMA, table_from_columns
@@ -163,16 +163,6 @@ def list_scenes(raw: str | Path, split: str | None = None) -> list[tuple[str, st
 
 # ---- small readers ---------------------------------------------------------------------------------------------------
 
-def _read_json(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise InputError(path, f"{what} not found")
-    try:
-        # ScanNet++'s JSON is written by Python, which spells lost poses -Infinity/NaN; json accepts those.
-        return json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"{what} is not valid JSON: {exc}") from exc
-
-
 def read_video_header(path: Path) -> dict[str, Any]:
     """Width, height, frame count and rate of a video from its container (no decoding; counts packets if needed)."""
     import av
@@ -254,7 +244,7 @@ def _scale_intrinsics(fx, fy, cx, cy, from_size: tuple[int, int], to_size: tuple
 
 def _iphone_poses(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """frame indices [N], timestamps [N] (s), camera-to-world [N, 4, 4] (NaN where lost), intrinsics [N, 3, 3]."""
-    data = _read_json(path, "pose_intrinsic_imu.json")
+    data = read_input_json(path, "pose_intrinsic_imu.json")
     if not isinstance(data, dict) or not data:
         raise InputError(path, "expected a non-empty object keyed frame_%06d")
     entries = []
@@ -446,7 +436,7 @@ def _dslr_frames(paths: ScanNetPPPaths) -> tuple[pa.Table, dict[str, Any]]:
                 color_kind=["image"] * n, color_path=[str(image_dir / name) for name in names])
 
     lists_path = paths.dslr / "train_test_lists.json"
-    lists = _read_json(lists_path, "train_test_lists.json") if lists_path.is_file() else None
+    lists = read_input_json(lists_path, "train_test_lists.json") if lists_path.is_file() else None
     if lists is not None and not (isinstance(lists, dict) and all(isinstance(lists.get(k, []), list)
                                                                   for k in ("train", "test"))):
         raise InputError(lists_path, "expected {\"train\": [names], \"test\": [names]}")
@@ -472,7 +462,7 @@ def _dslr_frames(paths: ScanNetPPPaths) -> tuple[pa.Table, dict[str, Any]]:
 
 def _nerfstudio_check(path: Path, names: list[str], c2w: np.ndarray, valid: np.ndarray) -> dict[str, Any]:
     """Undo the nerfstudio convention and compare with the COLMAP poses (catches a wrong world permutation)."""
-    data = _read_json(path, "nerfstudio transforms.json")
+    data = read_input_json(path, "nerfstudio transforms.json")
     if not isinstance(data, dict):
         raise InputError(path, "expected an object with 'frames'")
     row_of = {name: i for i, name in enumerate(names)}
@@ -540,11 +530,11 @@ def group_vertex_counts(seg_indices: np.ndarray, member_segments: list[np.ndarra
 
 
 def _objects(paths: ScanNetPPPaths, raw: Path, num_vertices: int) -> tuple[pa.Table, np.ndarray, dict[str, Any]]:
-    anno = _read_json(paths.segments_anno, "segments_anno.json")
+    anno = read_input_json(paths.segments_anno, "segments_anno.json")
     groups = anno.get("segGroups") if isinstance(anno, dict) else None
     if not isinstance(groups, list):
         raise InputError(paths.segments_anno, "no segGroups list")
-    segments = _read_json(paths.segments, "segments.json")
+    segments = read_input_json(paths.segments, "segments.json")
     try:
         seg_indices = np.asarray(segments["segIndices"], np.int64)
     except (KeyError, TypeError, ValueError) as exc:
