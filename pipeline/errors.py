@@ -72,5 +72,16 @@ def record_errors(path: str | Path, stage: str, processed: Iterable[tuple[str, s
     write_table(path, table_from_columns(ERRORS_SCHEMA, cols), ERRORS_SCHEMA)
 
 
+def report_failures(rows: list[ErrorRow], errors_path: str | Path) -> int:
+    """Print a stage's failed units (stderr) and where their rows are; the exit status: 1 if any failed, else 0."""
+    import sys
+
+    for row in sorted(rows, key=lambda r: (r.dataset, r.scene_id)):
+        print(f"  failed {row.dataset}/{row.scene_id}: {row.error_type}: {row.message}", file=sys.stderr)
+    if rows:
+        print(f"  error rows: {errors_path}", file=sys.stderr)
+    return 1 if rows else 0
+
+
 def errors_table(rows: list[ErrorRow]) -> pa.Table:
     return table_from_columns(ERRORS_SCHEMA, {k: [asdict(r)[k] for r in rows] for k in ERRORS_SCHEMA.names})

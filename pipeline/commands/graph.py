@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ErrorRow, record_errors
+from pipeline.errors import ErrorRow, record_errors, report_failures
 from pipeline.layout import DATASETS, DONE_MARKER, DatasetRoot
 
 HELP = "build the scene graph of every ingested scene: objects, frames, visibility, room measures"
@@ -137,8 +137,4 @@ def run(args: argparse.Namespace) -> int:
     root.record_stage(STAGE, {**config, "masks": not args.no_masks}, counts)
     print(f"graph: {counts['built']} built, {counts['skipped']} up to date, {counts['failed']} failed "
           f"of {counts['scenes']} scenes -> {root.path / 'graph'}")
-    for row in sorted(errors, key=lambda r: (r.dataset, r.scene_id)):
-        print(f"  failed {row.dataset}/{row.scene_id}: {row.error_type}: {row.message}", file=sys.stderr)
-    if errors:
-        print(f"  error rows: {root.errors_path}", file=sys.stderr)
-    return 1 if errors else 0
+    return report_failures(errors, root.errors_path)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ErrorRow, record_errors
+from pipeline.errors import ErrorRow, record_errors, report_failures
 from pipeline.layout import DATASETS, DONE_MARKER, DatasetRoot, scene_key
 
 HELP = "sample navigation routes on each scene's navigable floor (grid or habitat-sim backend) and plot them"
@@ -164,8 +164,4 @@ def run(args: argparse.Namespace) -> int:
     root.record_stage(STAGE, config, counts)
     print(f"routes: {counts['routes']} routes in {counts['done']} scenes ({backend} backend), "
           f"{counts['skipped']} up to date, {counts['failed']} failed of {counts['scenes']} -> {root.routes_dir}")
-    for row in sorted(errors, key=lambda r: (r.dataset, r.scene_id)):
-        print(f"  failed {row.dataset}/{row.scene_id}: {row.error_type}: {row.message}", file=sys.stderr)
-    if errors:
-        print(f"  error rows: {root.errors_path}", file=sys.stderr)
-    return 1 if errors else 0
+    return report_failures(errors, root.errors_path)
