@@ -327,7 +327,8 @@ def _clip_near(tri: np.ndarray, near_m: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def splat_points(points_cam, k, width: int, height: int, near_m: float = 0.05):
-    """Project camera-frame points to the pixel they fall in (u, v rounded half up, VLM-3R's +0.5 rule).
+    """Project camera-frame points to the pixel they fall in with VLM-3R's rule: ``(u + 0.5).astype(int)``, i.e.
+    + 0.5 then truncation toward zero (so u in (-1.5, -0.5] still lands in column 0, as in VLM-3R).
 
     Returns (pixel [M] = row * width + col, depth [M] metres, ok [N]) for the points in front of the camera and
     inside the image."""
@@ -335,8 +336,8 @@ def splat_points(points_cam, k, width: int, height: int, near_m: float = 0.05):
     p = _f64(points_cam).reshape(-1, 3)
     z = p[:, 2]
     with np.errstate(divide="ignore", invalid="ignore"):
-        col = np.floor(fx * p[:, 0] / z + cx + 0.5)
-        row = np.floor(fy * p[:, 1] / z + cy + 0.5)
+        col = np.trunc(fx * p[:, 0] / z + cx + 0.5)
+        row = np.trunc(fy * p[:, 1] / z + cy + 0.5)
     ok = (z >= near_m) & (col >= 0) & (col < width) & (row >= 0) & (row < height)
     return (row[ok] * width + col[ok]).astype(np.int64), z[ok], ok
 

@@ -27,6 +27,9 @@ from pipeline.schemas import (GRAPH_FRAMES_SCHEMA, GRAPH_OBJECTS_SCHEMA, OBJECTS
 from scene_graph import geometry
 
 GRAPH_FILES = ("objects.parquet", "frames.parquet", "visibility.parquet", "room.json")
+# The NumPy seed VLM-3R's metadata scripts set before calculate_room_area draws its 10,000 floor points:
+# --random_seed defaults 42 (scannet_metadata.py, scannetpp_metadata.py) and 0 (arkitscenes_metadata.py).
+VLM3R_FLOOR_SEEDS = {"scannet": 42, "scannetpp": 42, "arkitscenes": 0}
 SOURCE_MASK = "instance_mask"
 SOURCE_PROJECTION = "mesh_projection"
 
@@ -60,13 +63,13 @@ class SceneGraph:
 @dataclass(frozen=True)
 class GraphConfig:
     """Every knob of the graph stage; its dict goes into each marker and into info.json."""
-    depth_tolerance: float = 0.2          # relative: a surface point is visible where |z - depth| < tol * depth (VLM-3R)
+    depth_tolerance: float = 0.2          # relative: a surface point is visible where |z - depth| <= tol * depth (VLM-3R)
     near_m: float = 0.05                  # near clipping plane of the rasteriser (metres)
     max_raster_pixels: int = 640 * 480    # raster grid cap when no depth map fixes the grid
     min_visible_pixels: int = 1           # a visibility row needs at least this many visible pixels
     floor_alpha: float = geometry.VLM3R_FLOOR_ALPHA
     floor_samples: int = geometry.VLM3R_FLOOR_SAMPLES
-    floor_seed: int = 42                  # VLM-3R seeds 42 (ScanNet, ScanNet++); any fixed value is deterministic
+    floor_seed: int | None = None         # None: VLM-3R's seed of the dataset (VLM3R_FLOOR_SEEDS); any int overrides
 
     def __post_init__(self) -> None:
         if not 0 < self.depth_tolerance < 1:
@@ -253,7 +256,7 @@ def _frame_visibility(scene, geo, ids, rank, c2w, image_k, image_wh, depth_k, de
     """Visibility rows of one frame as a dict of columns, or None when no object is visible.
 
     With an instance mask the mask's pixels are the visible pixels; otherwise each object's surface is rasterised
-    and a pixel counts where it agrees with the depth map (VLM-3R's rule: |z - depth| < tolerance x depth). The
+    and a pixel counts where it agrees with the depth map (VLM-3R's rule: |z - depth| <= tolerance x depth). The
     denominator of ``visible_fraction`` is the object's rasterised projection with occlusion ignored (its part
     inside the image: truncation by the image border does not lower the fraction).
     """
@@ -292,7 +295,7 @@ def _frame_visibility(scene, geo, ids, rank, c2w, image_k, image_wh, depth_k, de
         if depth is None:
             depth = _scene_depth(scene, geo, world_to_camera, grid_k, gw, gh, config.near_m)
         measured = np.asarray(depth, np.float64).reshape(-1)[pix]
-        seen = (measured > 0) & (np.abs(z - measured) < config.depth_tolerance * measured)
+        seen = (measured > 0) & (np.abs(z - measured) <= config.depth_tolerance * measured)
         seen_owner, seen_pix = owner[seen], pix[seen]
     return _rows_from_pixels(rank, seen_owner, seen_pix, seen_wh[0], n_objects, projected, seen_k, image_k, width,
                              height, source, config)
@@ -385,7 +388,8 @@ def room_measures(scene: CanonicalScene, objects: pa.Table, frames: pa.Table, vi
     vertices = np.asarray(scene.mesh_vertices, np.float64)
     if not np.isfinite(vertices).all():
         raise InputError(where, "mesh has non-finite vertices")
-    floor = geometry.floor_shape(vertices, config.floor_alpha, config.floor_samples, config.floor_seed)
+    seed = config.floor_seed if config.floor_seed is not None else VLM3R_FLOOR_SEEDS.get(scene.dataset, 42)
+    floor = geometry.floor_shape(vertices, config.floor_alpha, config.floor_samples, seed)
     stamps = column_as_array(scene.frames, "timestamp")
     stamps = np.sort(stamps[np.isfinite(stamps)])
     t0 = float(stamps[0]) if len(stamps) else 0.0
@@ -409,7 +413,7 @@ def room_measures(scene: CanonicalScene, objects: pa.Table, frames: pa.Table, vi
         "video_duration_s": float(stamps[-1] - t0) if len(stamps) else 0.0,
         "fps": float(1.0 / np.median(steps)) if len(steps) else 0.0,
         "time_origin_s": t0,            # timestamp of the video's first frame: video time = timestamp - origin
-        "floor_method": {"alpha": config.floor_alpha, "samples": config.floor_samples, "seed": config.floor_seed,
+        "floor_method": {"alpha": config.floor_alpha, "samples": config.floor_samples, "seed": seed,
                          "points": "mesh vertices"},
     }
 

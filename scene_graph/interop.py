@@ -8,7 +8,10 @@
 Box entries come in the variants VLM-3R wrote: ``centroid``/``axesLengths``/``normalizedAxes`` (rows = axes) with
 ``min``/``max`` (ScanNet, ScanNet++ and VSI-Bench) or ``min_corner``/``max_corner`` (ARKitScenes, computed there with
 columns as axes, so they are ignored and recomputed with rows), with or without ``instance_id`` (ScanNet++ and
-ARKitScenes have none: ids are then assigned 0, 1, ... in file order). Imported objects carry ``num_points = 0``.
+ARKitScenes have none: ids are then assigned in file order above the file's own ids, and since ``bboxes_2d`` cannot
+refer to an assigned id, their 2D boxes are not linked, as VLM-3R links none either). Imported objects carry
+``num_points = 0``. First appearances follow VLM-3R: over every listed frame (whatever its pose), at
+``round(frame_id / fps)`` whole seconds (frames carrying a ``timestamp``, as ours do, use it unrounded).
 Imported visibility rows come from ``bboxes_2d``; the masks are gone, so ``visible_pixels`` is the 2D box's pixel
 area (an upper bound), ``visible_fraction`` is NaN (unknown) and ``source`` is ``"vlm3r_bbox"``. Imported frames are
 ranked by their position in the file (VLM-3R's list is the sampled frame list): frames left out of an export
@@ -71,13 +74,11 @@ def _vector(entry: dict, keys: tuple[str, ...], size: int, where: str) -> np.nda
     return None
 
 
-def _objects(boxes_by_category: dict[str, list[dict]], where: str) -> tuple[pa.Table, int]:
-    """OBJECTS_SCHEMA rows from ``{category: [box, ...]}``; returns the table and the number of exact duplicate
-    entries dropped (VLM-3R's ScanNet whitelist lists ``printer`` twice, so its boxes appear twice)."""
-    ids, cats, centroids, lengths, axes = [], [], [], [], []
-    seen: set[tuple] = set()
-    duplicates = 0
-    next_id = 0
+def _objects(boxes_by_category: dict[str, list[dict]], where: str) -> tuple[pa.Table, int, set[int]]:
+    """OBJECTS_SCHEMA rows from ``{category: [box, ...]}``; returns the table, the number of exact duplicate
+    entries dropped (VLM-3R's ScanNet whitelist lists ``printer`` twice, so its boxes appear twice) and the set of
+    instance ids the file itself gave (only those can be linked to ``bboxes_2d``; assigned ids cannot)."""
+    parsed = []
     for category, entries in boxes_by_category.items():
         if not isinstance(entries, list):
             raise InputError(where, f"object boxes of {category!r} must be a list")
@@ -94,27 +95,38 @@ def _objects(boxes_by_category: dict[str, list[dict]], where: str) -> tuple[pa.T
                 centroid, size, rows = (lo + hi) / 2.0, hi - lo, np.eye(3).reshape(-1)
             if rows is None:
                 rows = np.eye(3).reshape(-1)
-            if "instance_id" in entry:
-                inst = int(entry["instance_id"])
-            else:
-                inst = next_id
-            key = (inst, category, *centroid.tolist(), *size.tolist(), *rows.tolist())
-            if key in seen:
-                duplicates += 1
-                continue
-            seen.add(key)
-            next_id = max(next_id, inst + 1)
-            ids.append(inst); cats.append(category)
-            centroids.append(centroid); lengths.append(size); axes.append(rows.reshape(3, 3))
+            given = int(entry["instance_id"]) if entry.get("instance_id") is not None else None
+            parsed.append((given, category, centroid, size, rows))
+    explicit = {given for given, *_ in parsed if given is not None}
+    # Ids for entries without one (ScanNet++ raw obb, ARKitScenes): file order, above every id the file gives.
+    next_id = max(explicit, default=-1) + 1
+    ids, cats, centroids, lengths, axes = [], [], [], [], []
+    seen: set[tuple] = set()
+    duplicates = 0
+    for given, category, centroid, size, rows in parsed:
+        key = (given, category, *centroid.tolist(), *size.tolist(), *rows.tolist())
+        if key in seen:
+            duplicates += 1
+            continue
+        seen.add(key)
+        if given is None:
+            inst, next_id = next_id, next_id + 1
+        else:
+            inst = given
+        ids.append(inst); cats.append(category)
+        centroids.append(centroid); lengths.append(size); axes.append(rows.reshape(3, 3))
     if not ids:
-        return objects_table([], [], [], np.zeros((0, 3)), np.zeros((0, 3)), np.zeros((0, 3, 3)), []), duplicates
-    return objects_table(ids, cats, cats, centroids, lengths, axes, [0] * len(ids)), duplicates
+        return (objects_table([], [], [], np.zeros((0, 3)), np.zeros((0, 3)), np.zeros((0, 3, 3)), []), duplicates,
+                explicit)
+    return objects_table(ids, cats, cats, centroids, lengths, axes, [0] * len(ids)), duplicates, explicit
 
 
 def _frame_index(frame_id: Any, rank: int) -> int:
     """Integer frame index of a VLM-3R ``frame_id``: ints as they are, strings by their digits (``DSC01752``)."""
     if isinstance(frame_id, (int, np.integer)):
         return int(frame_id)
+    if isinstance(frame_id, (float, np.floating)) and float(frame_id).is_integer():
+        return int(frame_id)            # 12.0 from a float-writing tool: not the digits "12", "0"
     digits = re.findall(r"\d+", str(frame_id))
     return int(digits[-1]) if digits else rank
 
@@ -122,7 +134,7 @@ def _frame_index(frame_id: Any, rank: int) -> int:
 def _frames_and_visibility(entry: dict, dataset: str, fps: float | None, object_ids: set[int], where: str):
     intr = entry.get("camera_intrinsics") or {}
     fx, fy, cx, cy = (float(intr.get(k, math.nan)) for k in ("fx", "fy", "cx", "cy"))
-    width, height = int(entry.get("img_width", 0)), int(entry.get("img_height", 0))
+    width, height = int(entry.get("img_width") or 0), int(entry.get("img_height") or 0)
     frames = entry.get("frames")
     if not isinstance(frames, list):
         raise InputError(where, "frame metadata entry has no 'frames' list")
@@ -133,6 +145,10 @@ def _frames_and_visibility(entry: dict, dataset: str, fps: float | None, object_
     stamps = np.zeros(n)
     vis: dict[str, list] = {k: [] for k in VISIBILITY_SCHEMA.names}
     dropped = 0
+    # First appearance per instance over every frame listed, whatever its pose (VLM-3R's
+    # calculate_first_appearance_time reads all frames): round(frame_id / fps) whole seconds for VLM-3R's files,
+    # the exact timestamp for files that carry one (ours).
+    first_seen: dict[int, float] = {}
     ranks = np.arange(n, dtype=np.int32)
     for i, frame in enumerate(frames):
         pose = frame.get("camera_pose_camera_to_world")
@@ -140,12 +156,17 @@ def _frames_and_visibility(entry: dict, dataset: str, fps: float | None, object_
             # VLM-3R writes lost-tracking poses as NaN / -Infinity (json accepts them); they become invalid frames.
             c2w[i] = np.asarray(pose, dtype=np.float64).reshape(4, 4)
         frame_index[i] = _frame_index(frame.get("frame_id"), int(ranks[i]))
-        stamps[i] = float(frame["timestamp"]) if "timestamp" in frame else frame_index[i] / rate
+        if "timestamp" in frame:
+            stamps[i] = appear = float(frame["timestamp"])
+        else:
+            stamps[i] = frame_index[i] / rate
+            appear = float(round(int(frame_index[i]) / rate))      # Python round (half to even), as VLM-3R
         for box in frame.get("bboxes_2d") or []:
             inst = int(box["instance_id"])
             if inst not in object_ids:
                 dropped += 1     # walls, floors...: 2D boxes of instances without a 3D box
                 continue
+            first_seen[inst] = min(first_seen.get(inst, appear), appear)
             vis["rank"].append(int(ranks[i])); vis["instance_id"].append(inst)
             x0, y0, x1, y1 = (int(x) for x in box["bbox_2d"])
             vis["bbox_2d"].append([x0, y0, x1, y1])
@@ -166,7 +187,7 @@ def _frames_and_visibility(entry: dict, dataset: str, fps: float | None, object_
     vis = {k: [v[i] for i in keep] for k, v in vis.items()}
     order = sorted(range(len(keep)), key=lambda i: (vis["rank"][i], vis["instance_id"][i]))
     vis_table = table_from_columns(VISIBILITY_SCHEMA, {k: [v[i] for i in order] for k, v in vis.items()})
-    return frames_table, vis_table, dropped, rate
+    return frames_table, vis_table, dropped, rate, first_seen
 
 
 def _empty_frames() -> tuple[pa.Table, pa.Table]:
@@ -185,9 +206,12 @@ def _graph_from_entry(scene_id: str, entry: dict, frame_entry: dict | None, data
         boxes = entry.get("object_bboxes" if box_key == "object_bbox" else "object_bbox")
     if not isinstance(boxes, dict):
         raise InputError(at, f"no {box_key!r} mapping of category -> boxes")
-    canonical, duplicates = _objects(boxes, at)
+    canonical, duplicates, linkable = _objects(boxes, at)
     objects = graph_objects(canonical, at)      # refuses empty / non-finite boxes
     counts = {"duplicate_boxes": duplicates, "dropped_bboxes_2d": 0}
+    if len(linkable) < objects.num_rows:
+        # Boxes without instance_id (ScanNet++, ARKitScenes) got ids here: 2D boxes cannot name them.
+        counts["objects_without_instance_id"] = objects.num_rows - len(linkable)
     declared = entry.get("object_counts")
     if isinstance(declared, dict):
         got = dict(zip(*np.unique(np.asarray(objects.column("category").to_pylist(), dtype=object),
@@ -203,18 +227,15 @@ def _graph_from_entry(scene_id: str, entry: dict, frame_entry: dict | None, data
     if not all(math.isfinite(x) for x in center):
         room["center"] = None
     if frame_entry is not None:
-        frames, visibility, dropped, rate = _frames_and_visibility(frame_entry, ds, fps, set(
-            column_as_array(objects, "instance_id").tolist()), at)
+        frames, visibility, dropped, rate, first_seen = _frames_and_visibility(frame_entry, ds, fps, linkable, at)
         counts["dropped_bboxes_2d"] = dropped
         stamps = column_as_array(frames, "timestamp")
         # VLM-3R's frame_id / fps is already video time (origin 0); our exports state their origin.
         t0 = float(frame_entry.get("time_origin_s", 0.0))
         category_of = dict(zip(column_as_array(objects, "instance_id").tolist(), objects.column("category").to_pylist()))
         first: dict[str, float] = {}
-        stamp_of = dict(zip(column_as_array(frames, "rank").tolist(), stamps.tolist()))
-        for rank, inst in zip(column_as_array(visibility, "rank").tolist(),
-                              column_as_array(visibility, "instance_id").tolist()):
-            t = stamp_of[rank] - t0
+        for inst, seen_s in first_seen.items():
+            t = seen_s - t0
             cat = category_of[inst]
             first[cat] = min(first.get(cat, t), t)
         room.update({"first_appearance_s": dict(sorted(first.items())), "time_origin_s": t0,
@@ -286,7 +307,8 @@ def graph_to_vlm3r(graph: SceneGraph) -> tuple[dict[str, Any], dict[str, Any]]:
     room = graph.room
     center = room.get("center")
     scene_entry = {
-        "video_path": f"videos/{graph.split}/{graph.scene_id}.mp4",
+        # VLM-3R's relative layout <dataset_name>/videos/<split>/<scene>.mp4 (ScanNet++, ARKitScenes scripts).
+        "video_path": f"{VLM3R_DATASET_NAMES[graph.dataset]}/videos/{graph.split}/{graph.scene_id}.mp4",
         "dataset": VLM3R_DATASET_NAMES[graph.dataset], "scene_name": graph.scene_id, "split": graph.split,
         "room_size": float(room.get("floor_area_m2") or 0.0),
         "room_center": _finite_list(center) if center is not None else [0.0, 0.0, 0.0],

@@ -23,8 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="Ray workers (local Ray cluster size)")
     parser.add_argument("--ray-address", default=None, help="join an existing Ray cluster")
     parser.add_argument("--depth-tolerance", type=float, default=0.2,
-                        help="a projected surface point is visible where |z - depth| < tolerance x depth")
-    parser.add_argument("--floor-seed", type=int, default=42, help="seed of the floor-point sampling")
+                        help="a projected surface point is visible where |z - depth| <= tolerance x depth")
+    parser.add_argument("--floor-seed", type=int, default=None,
+                        help="seed of the floor-point sampling (default: VLM-3R's, 42 for ScanNet and ScanNet++, "
+                             "0 for ARKitScenes)")
     parser.add_argument("--no-masks", action="store_true",
                         help="ignore the dataset's instance masks and always project the mesh")
 

@@ -198,3 +198,14 @@ def test_rasteriser_covers_pixel_centres_and_clips_at_the_near_plane():
     inside = (sides >= 0).all(0) | (sides <= 0).all(0)
     expected = np.flatnonzero((inside & below & (depth >= 0.05)).ravel())
     np.testing.assert_array_equal(np.unique(pix[face == 1]), expected)
+
+
+def test_splat_points_round_like_vlm3r():
+    """u, v = (u + 0.5).astype(int32): half up, and truncation toward zero just left of / above the image."""
+    from scene_graph.geometry import splat_points
+
+    k = (1.0, 1.0, 0.0, 0.0)                       # u = x / z, v = y / z
+    pts = np.array([[2.49, 0.5, 1.0], [2.5, 0.0, 1.0], [-0.7, -0.9, 1.0], [-1.6, 0.0, 1.0], [0.0, 0.0, 0.01]])
+    pix, z, ok = splat_points(pts, k, width=4, height=3)
+    assert ok.tolist() == [True, True, True, False, False]
+    assert pix.tolist() == [1 * 4 + 2, 0 * 4 + 3, 0] and z.tolist() == [1.0, 1.0, 1.0]

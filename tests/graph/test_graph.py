@@ -172,3 +172,31 @@ def test_frame_that_sees_no_object_has_no_visibility_rows(kit):
     graph = build_scene_graph(scene, manifest)
     assert graph.visibility.num_rows == 0
     assert graph.frames.num_rows == 2
+
+
+def test_depth_tolerance_boundary_is_inclusive(kit, room_scene):
+    """VLM-3R keeps a point where |depth_image - z| <= 0.2 * depth_image: the chair's face at 1.0 m against a
+    measured 1.25 m sits exactly on the boundary (0.25 == 0.2 * 1.25 in floating point) and is visible."""
+    manifest = build_manifest(room_scene.frames)
+    depth = kit.analytic_depth()
+    depth[depth == 1.0] = 1.25
+    graph = build_scene_graph(room_scene, manifest, depths=[depth] + [None] * (manifest.num_rows - 1))
+    row = _rows(graph, rank=0)[7]
+    assert row["bbox_2d"] == kit.CHAIR_BBOX and row["visible_pixels"] == 400
+
+
+def test_floor_sampling_uses_vlm3r_seed_of_the_dataset(kit, room_scene):
+    """VLM-3R seeds NumPy with --random_seed before calculate_room_area: 42 for ScanNet / ScanNet++, 0 for
+    ARKitScenes. An explicit floor_seed overrides it."""
+    import dataclasses
+
+    from scene_graph.geometry import floor_shape
+
+    manifest = build_manifest(room_scene.frames)
+    for dataset, seed in (("scannet", 42), ("scannetpp", 42), ("arkitscenes", 0)):
+        scene = dataclasses.replace(room_scene, dataset=dataset)
+        room = build_scene_graph(scene, manifest).room
+        assert room["floor_method"]["seed"] == seed
+        assert room["floor_area_m2"] == floor_shape(scene.mesh_vertices, seed=seed).area_m2
+    room = build_scene_graph(room_scene, manifest, config=GraphConfig(floor_seed=7)).room
+    assert room["floor_method"]["seed"] == 7

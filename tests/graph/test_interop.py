@@ -195,6 +195,7 @@ def test_export_import_round_trip(tmp_path, kit):
     assert text == json.dumps(json.loads(text), indent=4)               # VLM-3R's json.dump(indent=4) layout
     entry = json.loads(text)["scene0001_00"]
     assert entry["dataset"] == "scannet" and entry["object_counts"] == {"chair": 1, "table": 1}
+    assert entry["video_path"] == "scannet/videos/train/scene0001_00.mp4"
     assert entry["object_bboxes"]["chair"][0]["instance_id"] == 7
     assert entry["room_size"] == pytest.approx(graph.room["floor_area_m2"])
     frame_entry = json.loads(frame_path.read_text())["scene0001_00"]
@@ -220,3 +221,50 @@ def test_export_import_round_trip(tmp_path, kit):
     assert back.room["time_origin_s"] == graph.room["time_origin_s"] == 100.0
     # Exporting the re-imported graph gives the same scene metadata.
     assert graph_to_vlm3r(back)[0] == entry
+
+
+def test_import_first_appearance_follows_vlm3r_rounding_and_all_frames():
+    # VLM-3R: round(frame_id / fps) whole seconds over every listed frame, lost-tracking ones included.
+    frames = json.loads(SCANNET_FRAME_META.replace("-Infinity", "null").replace("NaN", "null"))
+    entry = frames["scene0011_00"]
+    entry["frames"][1]["camera_pose_camera_to_world"] = [[math.nan] * 4] * 4
+    entry["frames"][1]["bboxes_2d"] = [{"instance_id": 9, "bbox_2d": [10, 10, 20, 20]}]     # frame 20: 0.83 s -> 1
+    entry["frames"][0]["frame_id"] = 12                                                     # 0.5 s -> 0 (half even)
+    [(graph, report)] = import_vlm3r(json.loads(SCANNET_SCENE_META), frames, split="val")
+    assert graph.room["first_appearance_s"] == {"chair": 0.0, "printer": 1.0}
+    assert column_as_array(graph.frames, "timestamp")[0] == pytest.approx(0.5)           # frame times stay exact
+    assert report["dropped_bboxes_2d"] == 2                 # the wall, and the lost-tracking frame's box
+
+
+def test_import_does_not_link_2d_boxes_to_assigned_ids():
+    # ScanNet++ scene metadata has no instance_id: the raw mask values of bboxes_2d name no imported object.
+    frames = {"0a1b2c3d4e": {
+        "camera_intrinsics": {"fx": 500.0, "fy": 500.0, "cx": 292.0, "cy": 194.5}, "img_width": 584, "img_height": 389,
+        "split": "train", "frames": [
+            {"frame_id": "DSC00030", "camera_pose_camera_to_world": np.eye(4).tolist(),
+             "bboxes_2d": [{"instance_id": 0, "bbox_2d": [0, 0, 10, 10]}, {"instance_id": 1, "bbox_2d": [5, 5, 9, 9]}]}]}}
+    results = {g.scene_id: (g, r) for g, r in import_vlm3r(OTHER_SCENE_META, frames)}
+    spp, report = results["0a1b2c3d4e"]
+    assert column_as_array(spp.objects, "instance_id").tolist() == [0, 1]
+    assert spp.visibility.num_rows == 0 and spp.room["first_appearance_s"] == {}
+    assert report["dropped_bboxes_2d"] == 2 and report["objects_without_instance_id"] == 2
+
+
+def test_import_duplicates_without_instance_id_and_mixed_ids():
+    printer = {"centroid": [2.0, 3.0, 0.8], "axesLengths": [0.4, 0.3, 0.3],
+               "normalizedAxes": [0, 1, 0, -1, 0, 0, 0, 0, 1], "min": [1.85, 2.8, 0.65], "max": [2.15, 3.2, 0.95]}
+    chair = {"centroid": [1.0, 1.0, 0.45], "axesLengths": [0.5, 0.5, 0.9], "normalizedAxes": [1, 0, 0, 0, 1, 0, 0, 0, 1]}
+    meta = {"s": {"dataset": "scannet", "room_size": 10.0, "object_bbox": {
+        "printer": [dict(printer), dict(printer)], "chair": [dict(chair), {**chair, "instance_id": 1}]}}}
+    [(graph, report)] = import_vsibench(meta)
+    assert report["duplicate_boxes"] == 1
+    # Assigned ids start above the file's own ids, so no collision with instance_id 1.
+    assert sorted(zip(column_as_array(graph.objects, "instance_id").tolist(),
+                      graph.objects.column("category").to_pylist())) == [(1, "chair"), (2, "printer"), (3, "chair")]
+
+
+def test_frame_id_variants():
+    from scene_graph.interop import _frame_index
+
+    assert [_frame_index(x, 7) for x in (12, np.int64(12), 12.0, "DSC01752", "frame_000048", "x")] == [
+        12, 12, 12, 1752, 48, 7]
