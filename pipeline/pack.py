@@ -10,13 +10,14 @@ ROOT/train_shards/qa_counts.json        questions per shard and key (the trainer
 ```
 
 - ``video.json``: ``{"duration_s", "frame_times_s"}`` from the scene's frame timestamps (seconds from its first
-  frame), both ``null`` when the source has no finite timestamps (the time instruction is then left out).
+  frame; the duration counts N frame periods for N frames, as LLaVA-Video's ``total_frames / fps``), both ``null``
+  when the source has no finite timestamps (the time instruction is then left out).
 - ``qa.json``: the scene's records of every bench from the non-benchmark splits, sorted by (bench, qa_key).
   Scenes with QA in a benchmark split (``val``, ``test``) never enter: a scene found in both is a split leak and an
   error, not a silent choice.
 - Frames: the token shard's 384x384 JPEGs, or when it has none, the scene's manifest frames decoded from the raw
-  source, squashed to 384x384 (bicubic) and JPEG-encoded (quality 95); with a vision encoder, its features
-  (``vision.npy`` [T, 729, d], bfloat16 bits) replace the JPEGs.
+  source, squashed to 384x384 (PIL bicubic, as SigLIP's processor and extract) and JPEG-encoded (quality 95); with a
+  vision encoder, its features (``vision.npy`` [T, 729, d], bfloat16 bits) replace the JPEGs.
 
 Shard writing, markers, recovery and the index are :mod:`pipeline.shards`' (same atomicity, byte-reproducibility
 and resume: a rerun keeps complete shards and packs only the scenes they lack; a different identity is refused).
@@ -100,26 +101,43 @@ def load_qa(qa_dir: Path) -> QaSets:
 
 def video_timing(frame_timestamps_s: np.ndarray, sampled_timestamps_s: np.ndarray) -> dict[str, Any]:
     """Duration of the whole video and the sampled frames' times, in seconds from the first frame (None when the
-    timestamps are not finite)."""
+    timestamps are not finite).
+
+    As LLaVA-Video's reader (``process_video_with_decord``: ``video_time = total_frames / fps``, ``frame_time =
+    index / fps``), a video of N frames lasts N frame periods, one more than the span from its first to its last
+    frame: the duration is that span plus the frame period (the median step between the timestamps)."""
     all_ts = np.asarray(frame_timestamps_s, dtype=np.float64)
     sampled = np.asarray(sampled_timestamps_s, dtype=np.float64)
     if all_ts.size == 0 or not np.isfinite(all_ts).all() or not np.isfinite(sampled).all():
         return {"duration_s": None, "frame_times_s": None}
-    start = float(all_ts.min())
-    return {"duration_s": round(float(all_ts.max()) - start, 6),
+    ordered = np.sort(all_ts)
+    steps = np.diff(ordered)
+    steps = steps[steps > 0]
+    period = float(np.median(steps)) if steps.size else 0.0
+    start = float(ordered[0])
+    return {"duration_s": round(float(ordered[-1]) - start + period, 6),
             "frame_times_s": [round(float(t) - start, 6) for t in sampled]}
 
 
+def squash_rgb(rgb: np.ndarray, size: int = FRAME_SIZE) -> np.ndarray:
+    """RGB uint8 [H, W, 3] → [size, size, 3] as SigLIP's image processor squashes (PIL bicubic on uint8, which
+    antialiases when shrinking; OpenCV's cubic does not) — the same squash as extract's stored frames."""
+    if rgb.shape[:2] == (size, size):
+        return rgb
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize((size, size), Image.Resampling.BICUBIC))
+
+
 def jpeg_frames(images: Iterable[np.ndarray], where: str) -> list[bytes]:
-    """RGB uint8 images → 384x384 JPEGs (squashed, bicubic; deterministic bytes for given pixels)."""
+    """RGB uint8 images → 384x384 JPEGs (squashed, PIL bicubic; deterministic bytes for given pixels)."""
     import cv2
 
     out = []
     for i, rgb in enumerate(images):
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise InputError(where, f"frame {i} is {rgb.dtype} {list(rgb.shape)}, expected RGB uint8")
-        if rgb.shape[:2] != (FRAME_SIZE, FRAME_SIZE):
-            rgb = cv2.resize(rgb, (FRAME_SIZE, FRAME_SIZE), interpolation=cv2.INTER_CUBIC)
+        rgb = squash_rgb(rgb)
         ok, data = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:
             raise InputError(where, f"could not JPEG-encode frame {i}")
@@ -233,7 +251,8 @@ def pack(root: DatasetRoot, *, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
         raise InputError(root.qa_dir, "no QA records found (run `vlm3r-data qa` first)")
     identity = {"stage": STAGE, "tokens_index_sha256": sha256_file(tokens_index), "qa_files": qa.files,
                 "visual": f"vision_features:{vision_model}" if vision_encoder else "jpeg",
-                "frame_size": FRAME_SIZE, "jpeg_quality": JPEG_QUALITY, "max_shard_bytes": int(max_shard_bytes)}
+                "frame_size": FRAME_SIZE, "frame_resample": "pil_bicubic", "jpeg_quality": JPEG_QUALITY,
+                "max_shard_bytes": int(max_shard_bytes)}
     if overwrite and out_dir.is_dir():
         import shutil
 

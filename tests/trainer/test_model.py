@@ -182,3 +182,27 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_base_with_tied_embeddings_loads_without_an_lm_head_tensor(tmp_path):
+    """Qwen2 0.5B/1.5B-based LLaVA-OneVision/LLaVA-Video folders tie lm_head to the embedding and do not store it."""
+    config = ModelConfig.tiny(vision_features=True, tiny_seed=3)
+    source = build_model(config, lora=False)
+    state = {}
+    for key, value in source.state_dict().items():
+        for ours, theirs in (("projector.", "model.multi_modal_projector."), ("image_newline", "model.image_newline"),
+                             ("lm.model.", "model.language_model.")):
+            if key.startswith(ours):
+                state[theirs + key[len(ours):]] = value.contiguous()
+                break
+    folder = tmp_path / "tied"
+    folder.mkdir()
+    save_file(state, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "llava_onevision", "text_config": {**_qwen2_dict(source), "tie_word_embeddings": True},
+        "vision_config": {"hidden_size": source.d_clip}}))
+    loaded = build_model(ModelConfig(base=str(folder), vision_features=True, fusion_heads=2, lora_r=8, lora_alpha=16))
+    check_trainable(loaded)
+    embed = state["model.language_model.embed_tokens.weight"]
+    torch.testing.assert_close(loaded.causal_lm.lm_head.weight, embed, rtol=0, atol=0)
+    torch.testing.assert_close(loaded.causal_lm.get_input_embeddings().weight, embed, rtol=0, atol=0)

@@ -7,6 +7,7 @@ import shutil
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 from trainer_factories import SceneSpec, build_root
 
 from pipeline.atomic import read_json, sha256_file
@@ -61,8 +62,9 @@ def test_pack_round_trip_keeps_benchmark_scenes_out(root):
         assert np.array_equal(np.load(io.BytesIO(sample.members["camera.npy"])), token.camera)
         assert json.loads(sample.members["frames.json"]) == token.frames
         manifest = read_manifest(root.scene_dir(token.meta["dataset"], token.meta["scene_id"]))
-        # Frames at 10.0 + 0.5 s * index over 4 frames: the video lasts 1.5 s; times count from its first frame.
-        assert sample.video["duration_s"] == pytest.approx(1.5)
+        # Frames at 10.0 + 0.5 s * index over 4 frames: the video lasts 4 x 0.5 = 2 s (frames / fps, as LLaVA-Video
+        # reads it); times count from its first frame.
+        assert sample.video["duration_s"] == pytest.approx(2.0)
         assert sample.video["frame_times_s"] == pytest.approx([t - 10.0 for t in manifest["timestamp"].to_pylist()])
         jpegs = [sample.members[f"frame_{i:03d}.jpg"] for i in range(token.num_frames)]
         if token.jpegs is not None:
@@ -71,7 +73,8 @@ def test_pack_round_trip_keeps_benchmark_scenes_out(root):
             for jpeg, frame_index in zip(jpegs, manifest["frame_index"].to_pylist()):
                 png = cv2.cvtColor(cv2.imread(str(root.path / "raw" / key / f"frame_{frame_index:03d}.png")),
                                    cv2.COLOR_BGR2RGB)
-                expect = cv2.resize(png, (384, 384), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+                expect = np.asarray(Image.fromarray(png).resize((384, 384), Image.Resampling.BICUBIC),
+                                    dtype=np.float32)
                 got = decode_image_bytes(jpeg, key).astype(np.float32)
                 assert got.shape == (384, 384, 3) and np.abs(got - expect).mean() < 8.0
     counts = read_qa_counts(root.path / "train_shards")
@@ -147,3 +150,66 @@ def test_a_scene_that_fails_becomes_an_error_row_and_the_rest_is_packed(root):
     rows = [r for r in read_errors(root.errors_path) if r.stage == "pack"]
     assert [(r.dataset, r.scene_id, r.error_type) for r in rows] == [("scannet", "scene0001_00", "InputError")]
     assert "scene0001_00" in rows[0].path
+
+
+def _stripes(height=968, width=1296):
+    """Two-pixel black/white stripes: a frame where OpenCV's cubic (no antialiasing) aliases badly when shrinking."""
+    y, x = np.mgrid[:height, :width]
+    return np.repeat((((x // 2 + y // 2) % 2) * 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def test_frames_are_squashed_as_siglips_processor_pil_bicubic():
+    """SigLIP's image processor (LLaVA's SigLipImageProcessor) squashes with PIL bicubic, as extract does for the
+    token shards' JPEGs; pack's fallback, the trainer's resize and the vision-feature encoder must do the same."""
+    from pipeline.pack import jpeg_frames, squash_rgb
+    from workers.cut3r.preprocess import squash_uint8
+    from workers.trainer.data import pixels_from_jpegs
+
+    frame = _stripes()
+    pil = np.asarray(Image.fromarray(frame).resize((384, 384), Image.Resampling.BICUBIC))
+    assert np.array_equal(squash_rgb(frame), pil)
+    assert np.array_equal(squash_rgb(frame), squash_uint8(frame[None], 384)[0])   # extract's squash
+    got = decode_image_bytes(jpeg_frames([frame], "t")[0], "t").astype(np.float32)
+    assert np.abs(got - pil).mean() < 4.0
+    ok, big = cv2.imencode(".png", frame)   # lossless, not 384x384: the trainer squashes it itself
+    pixels = pixels_from_jpegs([big.tobytes()], "t")[0]
+    assert np.abs(pixels - ((pil.transpose(2, 0, 1) / 255.0 - 0.5) / 0.5)).max() < 1e-6
+
+
+def test_video_timing_follows_llava_videos_reader():
+    """process_video_with_decord: video_time = total_frames / fps, frame_time = frame index / fps."""
+    from pipeline.pack import video_timing
+
+    fps, total = 24.0, 100
+    stamps = 1000.0 + np.arange(total) / fps
+    picked = np.linspace(0, total - 1, 8, dtype=int)
+    timing = video_timing(stamps, stamps[picked])
+    assert timing["duration_s"] == pytest.approx(total / fps, abs=1e-6)
+    assert timing["frame_times_s"] == pytest.approx((picked / fps).tolist(), abs=1e-6)
+    assert video_timing(np.array([5.0]), np.array([5.0])) == {"duration_s": 0.0, "frame_times_s": [0.0]}
+    assert video_timing(np.array([0.0, np.nan]), np.array([0.0]))["duration_s"] is None
+
+
+def test_vision_features_from_a_bare_siglip_folder(tmp_path):
+    """``pack --vision-features <SigLIP folder>`` (its help names that): LLaVA's tower is SigLIP's second-to-last
+    layer, pre post-layernorm, on frames squashed with PIL bicubic and normalised with mean 0.5 / std 0.5."""
+    import torch
+    from transformers import SiglipConfig, SiglipModel
+
+    from pipeline.commands.pack import _vision_encoder
+
+    torch.manual_seed(0)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, image_size=384,
+                  patch_size=14)
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=50)
+    siglip = SiglipModel(SiglipConfig(text_config=text, vision_config=vision)).eval()
+    siglip.save_pretrained(str(tmp_path / "siglip"))
+    encode, fingerprint = _vision_encoder(str(tmp_path / "siglip"))
+    frame = _stripes(500, 700)
+    got = encode([frame])
+    pil = np.asarray(Image.fromarray(frame).resize((384, 384), Image.Resampling.BICUBIC))
+    pixels = (torch.from_numpy(pil).permute(2, 0, 1)[None].float() / 255.0 - 0.5) / 0.5
+    with torch.no_grad():
+        expect = siglip.vision_model(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
+    assert got.shape == (1, 729, 32) and fingerprint
+    torch.testing.assert_close(torch.from_numpy(got), expect, rtol=1e-4, atol=1e-4)

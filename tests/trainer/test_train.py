@@ -86,7 +86,8 @@ def test_loader_is_deterministic_and_skips_exactly_with_workers(packed_root):
                                single[5]["geometry_tokens"])
     timed = next(iter(ShardStream(shards, time_instruction=True, **kwargs)))
     text = ByteTokenizer().decode([i for i in timed["input_ids"][0].tolist() if i >= 0])
-    assert "The video lasts for 1.50 seconds, and 2 frames are uniformly sampled from it. These frames are located " \
+    # 4 scene frames 0.5 s apart last 4 x 0.5 = 2 s (frames / fps, as LLaVA-Video); 2 of them are sampled.
+    assert "The video lasts for 2.00 seconds, and 2 frames are uniformly sampled from it. These frames are located " \
            "at 0.00s,1.50s.Please answer" in text
     loader = iter(make_loader(shards, num_workers=2, **kwargs))
     two = [next(loader) for _ in range(6)]

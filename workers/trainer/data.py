@@ -216,16 +216,14 @@ def decode_scene(sample: SceneSample) -> dict[str, torch.Tensor]:
 
 
 def pixels_from_jpegs(jpegs: Sequence[bytes], where: str) -> np.ndarray:
-    """JPEG frames → [T, 3, 384, 384] float32 in [-1, 1] (squashed to 384x384 bicubic when another size)."""
-    import cv2
-
+    """JPEG frames → [T, 3, 384, 384] float32 in [-1, 1] (squashed to 384x384 with PIL bicubic, as SigLIP's
+    processor, when another size)."""
     from pipeline.frames import decode_image_bytes
+    from pipeline.pack import squash_rgb
 
     out = np.empty((len(jpegs), 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
     for i, data in enumerate(jpegs):
-        rgb = decode_image_bytes(data, where, what=f"frame {i}")
-        if rgb.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
-            rgb = cv2.resize(rgb, (IMAGE_SIZE, IMAGE_SIZE), interpolation=cv2.INTER_CUBIC)
+        rgb = squash_rgb(decode_image_bytes(data, where, what=f"frame {i}"), IMAGE_SIZE)
         out[i] = (rgb.transpose(2, 0, 1).astype(np.float32) / 255.0 - 0.5) / 0.5
     return out
 

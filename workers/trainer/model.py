@@ -530,6 +530,9 @@ def build_model(config: ModelConfig, *, dtype: torch.dtype = torch.float32, lora
             key_map = (("model.", "lm.model."), ("lm_head.", "lm.lm_head."))
         report = load_base_weights(model, files, key_map)
         allowed_missing = {k for k in report["missing"] if k.startswith("fusion.")}
+        if model.causal_lm.lm_head.weight is model.causal_lm.get_input_embeddings().weight:
+            # tie_word_embeddings (Qwen2 0.5B/1.5B bases): the checkpoint stores the embedding only; lm_head is it.
+            allowed_missing.add("lm.lm_head.weight")
         if layout == "qwen2":
             allowed_missing |= {k for k in report["missing"] if not k.startswith("lm.")}
         if config.vision_tower and tower is not None:
