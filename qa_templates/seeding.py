@@ -9,16 +9,20 @@ import hashlib
 import numpy as np
 
 
-def derive_seed(run_seed: int, *names: str) -> int:
-    """A 64-bit seed from the run seed and any number of names (scene key, task name, ...)."""
-    h = hashlib.blake2b(digest_size=8)
+def _digest(run_seed: int, names: tuple, size: int) -> bytes:
+    h = hashlib.blake2b(digest_size=size)
     h.update(str(int(run_seed)).encode("ascii"))
     for name in names:
         # Length-prefixed so ("ab", "c") and ("a", "bc") differ.
         data = str(name).encode("utf-8")
         h.update(len(data).to_bytes(4, "little"))
         h.update(data)
-    return int.from_bytes(h.digest(), "little")
+    return h.digest()
+
+
+def derive_seed(run_seed: int, *names: str) -> int:
+    """A 64-bit seed from the run seed and any number of names (scene key, task name, ...)."""
+    return int.from_bytes(_digest(run_seed, names, 8), "little")
 
 
 def task_rng(run_seed: int, scene_key: str, task: str) -> np.random.Generator:
@@ -28,10 +32,4 @@ def task_rng(run_seed: int, scene_key: str, task: str) -> np.random.Generator:
 
 def stable_rank_key(run_seed: int, *names: str) -> str:
     """A hex key that orders items pseudo-randomly but reproducibly (used for global caps)."""
-    h = hashlib.blake2b(digest_size=12)
-    h.update(str(int(run_seed)).encode("ascii"))
-    for name in names:
-        data = str(name).encode("utf-8")
-        h.update(len(data).to_bytes(4, "little"))
-        h.update(data)
-    return h.hexdigest()
+    return _digest(run_seed, names, 12).hex()

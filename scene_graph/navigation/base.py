@@ -210,3 +210,18 @@ def floor_height(tris: np.ndarray, normals: np.ndarray, areas: np.ndarray, setti
     order = np.argsort(z[near], kind="stable")
     cum = np.cumsum(w[near][order])
     return float(z[near][order][np.searchsorted(cum, cum[-1] / 2)])
+
+
+def prepare_mesh(vertices, faces, settings: NavmeshSettings, source: str):
+    """What every backend does first: validate the mesh, take the geometry of its non-degenerate faces, refuse a
+    mesh that is not z-up (when asked), and find the main floor height.
+
+    Returns ``(vertices, faces, tris, normals, areas, floor_z)``; ``faces`` are all validated faces, ``tris`` /
+    ``normals`` / ``areas`` those of faces with a positive area."""
+    vertices, faces = validate_mesh(vertices, faces, source)
+    tris, normals, areas = face_geometry(vertices, faces)
+    keep = areas > 1e-12
+    tris, normals, areas = tris[keep], normals[keep], areas[keep]
+    if settings.check_up_axis:
+        check_up_axis(normals, areas, tris, settings, source)
+    return vertices, faces, tris, normals, areas, floor_height(tris, normals, areas, settings, source)

@@ -23,8 +23,7 @@ from scipy.spatial import cKDTree
 
 from pipeline.errors import InputError
 from scene_graph.geometry import point_box_distance
-from scene_graph.navigation.base import (Island, NavmeshSettings, Navigator, NavPath, TopDown, check_up_axis,
-                                         face_geometry, floor_height, validate_mesh)
+from scene_graph.navigation.base import Island, NavmeshSettings, Navigator, NavPath, TopDown, prepare_mesh
 
 # Offsets (drow, dcol) of the 8-neighbourhood; the first four are orthogonal.
 _NEIGHBOURS = np.array([(0, 1), (1, 0), (0, -1), (-1, 0), (1, 1), (1, -1), (-1, 1), (-1, -1)], dtype=np.int64)
@@ -63,13 +62,7 @@ class GridNavigator(Navigator):
                  source: str = "<mesh>"):
         self.settings = settings
         self.source = str(source)
-        vertices, faces = validate_mesh(vertices, faces, self.source)
-        tris, normals, areas = face_geometry(vertices, faces)
-        keep = areas > 1e-12
-        tris, normals, areas = tris[keep], normals[keep], areas[keep]
-        if settings.check_up_axis:
-            check_up_axis(normals, areas, tris, settings, self.source)
-        self.floor_z = floor_height(tris, normals, areas, settings, self.source)
+        vertices, faces, tris, normals, areas, self.floor_z = prepare_mesh(vertices, faces, settings, self.source)
 
         cs = settings.cell_size_m
         climb, height = settings.agent_max_climb_m, settings.agent_height_m

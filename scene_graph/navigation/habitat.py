@@ -17,8 +17,7 @@ import numpy as np
 
 from pipeline.errors import InputError
 from scene_graph.geometry import point_box_distance
-from scene_graph.navigation.base import (Island, NavmeshSettings, Navigator, NavPath, TopDown, check_up_axis,
-                                         face_geometry, floor_height, validate_mesh)
+from scene_graph.navigation.base import Island, NavmeshSettings, Navigator, NavPath, TopDown, prepare_mesh
 
 _ZUP_TO_YUP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])  # rows: y-up (x, y, z) from z-up
 
@@ -50,11 +49,7 @@ class HabitatNavigator(Navigator):
 
         self.settings = settings
         self.source = str(source)
-        vertices, faces = validate_mesh(vertices, faces, self.source)
-        tris, normals, areas = face_geometry(vertices, faces)
-        if settings.check_up_axis:
-            check_up_axis(normals, areas, tris, settings, self.source)
-        self.floor_z = floor_height(tris, normals, areas, settings, self.source)
+        vertices, faces, _, _, _, self.floor_z = prepare_mesh(vertices, faces, settings, self.source)
 
         self._tmp = tempfile.TemporaryDirectory(prefix="vlm3r_navmesh_")
         stage = Path(self._tmp.name) / "stage_yup.ply"
