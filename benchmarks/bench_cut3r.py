@@ -24,7 +24,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.atomic import write_json, write_text  # noqa: E402
+from pipeline.core.atomic import write_json, write_text  # noqa: E402
 from workers.cut3r import Cut3rEncoder, full_config, random_model  # noqa: E402
 from workers.cut3r.checkpoint import meta_model  # noqa: E402
 

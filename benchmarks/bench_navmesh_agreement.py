@@ -29,7 +29,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.atomic import write_json  # noqa: E402
+from pipeline.core.atomic import write_json  # noqa: E402
 from scene_graph.navigation import build_navigator, scenes  # noqa: E402
 from scene_graph.navigation.agreement import RecastReference, compare, recast_available  # noqa: E402
 

@@ -20,9 +20,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.atomic import write_json  # noqa: E402
-from pipeline.scene import CanonicalScene, build_manifest, frames_columns, objects_table  # noqa: E402
-from pipeline.schemas import FRAMES_SCHEMA, column_as_array, table_from_columns  # noqa: E402
+from pipeline.core.atomic import write_json  # noqa: E402
+from pipeline.core.scene import CanonicalScene, build_manifest, frames_columns, objects_table  # noqa: E402
+from pipeline.core.schemas import FRAMES_SCHEMA, column_as_array, table_from_columns  # noqa: E402
 from pipeline.sources.synthetic import SyntheticScene, generate_scene  # noqa: E402
 
 
@@ -87,7 +87,7 @@ def main() -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
-    from pipeline.runner import map_units
+    from pipeline.core.parallel import map_units
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     list(map_units(graph_and_qa, units[:2], workers=2, progress=False))          # warm both workers

@@ -20,9 +20,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.atomic import write_json  # noqa: E402
-from pipeline.errors import InputError  # noqa: E402
-from pipeline.scene import objects_table  # noqa: E402
+from pipeline.core.atomic import write_json  # noqa: E402
+from pipeline.core.errors import InputError  # noqa: E402
+from pipeline.core.scene import objects_table  # noqa: E402
 from scene_graph.navigation import NavmeshSettings, build_navigator, scenes  # noqa: E402
 from scene_graph.routes import RouteSettings, sample_routes  # noqa: E402
 

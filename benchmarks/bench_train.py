@@ -26,8 +26,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.atomic import read_json, write_json  # noqa: E402
-from workers.trainer.data import ByteTokenizer, collate, encode_conversation, user_text  # noqa: E402
+from pipeline.core.atomic import read_json, write_json  # noqa: E402
+from workers.trainer.tokenizer import ByteTokenizer
+from workers.trainer.data import collate, encode_conversation, user_text  # noqa: E402
 from workers.trainer.model import TOKENS_PER_FRAME, ModelConfig, build_model  # noqa: E402
 
 SEVEN_B = dict(tiny_vision_width=1152, tiny_vision_layers=26, tiny_vision_heads=16, tiny_vision_ffn=4304,

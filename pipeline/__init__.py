@@ -1,4 +1,5 @@
 """vlm3r-data: raw indoor scans -> geometry-token shards, scene graphs, spatial QA, and training shards."""
 
-__version__ = "0.1.0"
-FORMAT_VERSION = 1
+from pipeline.core.version import FORMAT_VERSION, __version__
+
+__all__ = ["FORMAT_VERSION", "__version__"]

@@ -39,7 +39,7 @@ def _read_help(command: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipeline import __version__
+    from pipeline.core.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="vlm3r-data",
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     module.add_arguments(parser)
     args = parser.parse_args(rest)
     from pipeline.config import ConfigError
-    from pipeline.layout import DatasetRootError
+    from pipeline.core.layout import DatasetRootError
 
     try:
         return int(module.run(args) or 0)

@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.layout import DATASETS
+from pipeline.core.layout import DATASETS
 
 STAGE_ORDER = ("ingest", "extract", "graph", "routes", "qa", "pack", "train", "eval")
 

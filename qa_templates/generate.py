@@ -28,7 +28,7 @@ class SceneQA:
 def generate_scene(graph: SceneGraph | SceneView, bench: str, tasks: list[TaskSpec], run_seed: int,
                    cfg: QAConfig) -> SceneQA:
     """Every task's questions for one scene. Each (scene, task) draws from its own seeded generator, so the result
-    depends only on the graph, the seed and the config. Raises pipeline.errors.InputError on a corrupt graph.
+    depends only on the graph, the seed and the config. Raises pipeline.core.errors.InputError on a corrupt graph.
 
     Tasks examine candidates in random order and stop once they hold ``max_per_scene_task``, so the rejection counts
     in the stats cover the candidates examined, not every conceivable one."""

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.schemas import ROUTES_SCHEMA, validate
+from pipeline.core.schemas import ROUTES_SCHEMA, validate
 from qa_templates.candidate import Candidate, reject
 from qa_templates.options import LetterBalancer
 from qa_templates.records import finalize

@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import InputError
-from pipeline.layout import scene_key
-from pipeline.schemas import column_as_array
+from pipeline.core.errors import InputError
+from pipeline.core.layout import scene_key
+from pipeline.core.schemas import column_as_array
 from scene_graph.geometry import box_corners, pairwise_box_distances
 from scene_graph.graph import SceneGraph
 

@@ -15,15 +15,13 @@ unknown ids and malformed lines are counted with their line numbers.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
-from pipeline.errors import InputError
-from qa_templates.records import correct_letter, is_multiple_choice
+from pipeline.core.qa_records import correct_letter, id_key, is_multiple_choice, load_predictions, load_questions, to_float
 
 DIRECTION_TYPES = ("object_rel_direction_easy", "object_rel_direction_medium", "object_rel_direction_hard")
 DIRECTION_KEY = "object_rel_direction"
@@ -43,13 +41,6 @@ VSI_TYPES = frozenset({
 def first_token(prediction: str) -> str:
     """The evaluators' ``fuzzy_matching``: first token by single spaces, trailing periods and whitespace stripped."""
     return prediction.split(" ")[0].rstrip(".").strip()
-
-
-def to_float(text: str) -> float | None:
-    try:
-        return float(text)
-    except (TypeError, ValueError, OverflowError):
-        return None
 
 
 def mean_relative_accuracy(prediction: float, target: float) -> float:
@@ -117,7 +108,7 @@ def score(questions: list[dict[str, Any]], predictions: dict[Any, str], bench: s
     missing = 0
     for q in questions:
         qtype = q["question_type"]
-        pred = predictions.get(_id_key(q["id"]))
+        pred = predictions.get(id_key(q["id"]))
         if pred is None:
             missing += 1
             value = 0.0
@@ -132,95 +123,15 @@ def score(questions: list[dict[str, Any]], predictions: dict[Any, str], bench: s
         if levels:
             scores[DIRECTION_KEY] = 100.0 * sum(levels) / len(levels)
     scores["overall"] = 100.0 * aggregate(per_type, bench)
-    known = {_id_key(q["id"]) for q in questions}
+    known = {id_key(q["id"]) for q in questions}
     return ScoreReport(scores=scores, counts=dict(sorted(counts.items())), missing=missing,
                        unknown_ids=sum(1 for k in predictions if k not in known))
 
 
-def _id_key(value: Any) -> str:
-    # Ids may be ints in one file and strings in the other ("12" vs 12): compare them as text.
-    return str(value)
-
-
-def read_jsonl(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """Objects of a JSON-lines file and the problems of the lines that are not JSON objects ("path:line: ...")."""
-    rows, problems = [], []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                problems.append(f"{path}:{number}: not valid JSON ({exc.msg})")
-                continue
-            if not isinstance(obj, dict):
-                problems.append(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
-                continue
-            rows.append(obj)
-    return rows, problems
-
-
-def load_questions(path: str | Path) -> list[dict[str, Any]]:
-    """Benchmark records (JSON lines, or one JSON array); a malformed question file is an error, not a count."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(path, "question file not found")
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(path, f"not valid JSON ({exc.msg} at line {exc.lineno})") from exc
-        problems = [] if isinstance(rows, list) and all(isinstance(r, dict) for r in rows) else ["not a list of objects"]
-    else:
-        rows, problems = read_jsonl(path)
-    if problems:
-        raise InputError(path, "; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""))
-    seen: set[str] = set()
-    for i, q in enumerate(rows):
-        lacking = [k for k in ("id", "question_type", "ground_truth") if k not in q]
-        if lacking:
-            raise InputError(path, f"question {i + 1} lacks {lacking}")
-        if is_multiple_choice(q) and "mc_answer" not in q and not isinstance(q["ground_truth"], str):
-            raise InputError(path, f"question id {q['id']}: multiple-choice ground_truth must be a letter")
-        if not is_multiple_choice(q):
-            target = to_float(str(q["ground_truth"]))
-            if target is None or not target > 0:
-                raise InputError(path, f"question id {q['id']}: numeric ground_truth must be a positive number, "
-                                       f"got {q['ground_truth']!r}")
-        key = _id_key(q["id"])
-        if key in seen:
-            raise InputError(path, f"duplicate question id {q['id']}")
-        seen.add(key)
-    return rows
-
-
-def load_predictions(path: str | Path) -> tuple[dict[str, str], list[str], int]:
-    """(id -> prediction text, malformed line messages, duplicate count) of a predictions JSON-lines file with
-    ``{"id": ..., "prediction": "..."}`` per line."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(path, "prediction file not found")
-    rows, problems = read_jsonl(path)
-    predictions: dict[str, str] = {}
-    duplicates = 0
-    for row in rows:
-        if "id" not in row or not isinstance(row.get("prediction"), str):
-            problems.append(f"{path}: line with id {row.get('id')!r}: needs an 'id' and a string 'prediction'")
-            continue
-        key = _id_key(row["id"])
-        if key in predictions:
-            duplicates += 1
-            continue
-        predictions[key] = row["prediction"]
-    return predictions, problems, duplicates
-
-
 def score_files(questions_path: str | Path, predictions_path: str | Path, bench: str | None = None) -> ScoreReport:
     questions = load_questions(questions_path)
-    predictions, problems, duplicates = load_predictions(predictions_path)
-    report = score(questions, predictions, bench)
-    report.malformed_lines = problems
-    report.duplicate_ids = duplicates
+    predictions = load_predictions(predictions_path)
+    report = score(questions, predictions.by_id, bench)
+    report.malformed_lines = predictions.malformed
+    report.duplicate_ids = len(predictions.duplicates)
     return report

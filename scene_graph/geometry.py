@@ -33,7 +33,7 @@ def _f64(x) -> np.ndarray:
 
 def boxes_from_table(objects: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(centroid [N, 3], lengths [N, 3], axes [N, 3, 3]) of an OBJECTS_SCHEMA / GRAPH_OBJECTS_SCHEMA table."""
-    from pipeline.schemas import column_as_array
+    from pipeline.core.schemas import column_as_array
 
     return (column_as_array(objects, "centroid"), column_as_array(objects, "lengths"),
             column_as_array(objects, "axes").reshape(-1, 3, 3))

@@ -18,11 +18,11 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow as pa
 
-from pipeline.atomic import read_json, sha256_file, write_json
-from pipeline.errors import InputError
-from pipeline.layout import DATASETS, DONE_MARKER
-from pipeline.scene import CanonicalScene, finite_pose_mask
-from pipeline.schemas import (GRAPH_FRAMES_SCHEMA, GRAPH_OBJECTS_SCHEMA, OBJECTS_SCHEMA, VISIBILITY_SCHEMA,
+from pipeline.core.atomic import read_json, sha256_file, write_json
+from pipeline.core.errors import InputError
+from pipeline.core.layout import DATASETS, DONE_MARKER
+from pipeline.core.scene import CanonicalScene, finite_pose_mask
+from pipeline.core.schemas import (GRAPH_FRAMES_SCHEMA, GRAPH_OBJECTS_SCHEMA, OBJECTS_SCHEMA, VISIBILITY_SCHEMA,
                               column_as_array, read_table, table_from_columns, write_table)
 from scene_graph import geometry
 
@@ -507,6 +507,6 @@ def list_graphs(root: str | Path, dataset: str | None = None) -> list[tuple[str,
 
 def config_hash(payload: dict[str, Any]) -> str:
     """sha256 of a JSON-able dict in canonical form (sorted keys)."""
-    from pipeline.atomic import dumps_json
+    from pipeline.core.atomic import dumps_json
 
     return hashlib.sha256(dumps_json(payload).encode("utf-8")).hexdigest()

@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.atomic import write_text
-from pipeline.errors import InputError
-from pipeline.scene import finite_pose_mask, objects_table
-from pipeline.schemas import GRAPH_FRAMES_SCHEMA, VISIBILITY_SCHEMA, column_as_array, table_from_columns
+from pipeline.core.atomic import write_text
+from pipeline.core.errors import InputError
+from pipeline.core.scene import finite_pose_mask, objects_table
+from pipeline.core.schemas import GRAPH_FRAMES_SCHEMA, VISIBILITY_SCHEMA, column_as_array, table_from_columns
 from scene_graph.graph import SceneGraph, graph_objects
 
 SOURCE_IMPORTED_BBOX = "vlm3r_bbox"

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from pipeline.errors import InputError
-from pipeline.schemas import ROUTES_SCHEMA, table_from_columns
+from pipeline.core.errors import InputError
+from pipeline.core.schemas import ROUTES_SCHEMA, table_from_columns
 from scene_graph.geometry import bearing_deg, boxes_from_table, point_box_distance, wrap_deg
 from scene_graph.navigation import Navigator
 

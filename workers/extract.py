@@ -27,8 +27,8 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from pipeline import __version__
-from pipeline.shards import TOKEN_DTYPES, TokenSample, encode_tokens, token_dtype_name, validate_sample
+from pipeline.core.version import __version__
+from pipeline.core.tokens import TOKEN_DTYPES, TokenSample, encode_tokens, token_dtype_name, validate_sample
 
 MODEL_KINDS = ("checkpoint", "weights", "random_tiny")
 
@@ -67,7 +67,7 @@ class ModelSpec:
 
     def describe(self) -> dict[str, Any]:
         """Model id, checkpoint sha256 and architecture config: what a shard's meta records and a resume compares."""
-        from pipeline.atomic import sha256_file
+        from pipeline.core.atomic import sha256_file
         from workers.cut3r import model_from_checkpoint, random_model, read_checkpoint, tiny_config
 
         if self.kind == "random_tiny":
@@ -226,10 +226,10 @@ def decode_scene(job: SceneJob, options: ExtractOptions) -> DecodedScene:
     import cv2
     import torch
 
-    from pipeline.errors import InputError
-    from pipeline.frames import decode_colors
-    from pipeline.scene import manifest_frames, read_manifest
-    from pipeline.schemas import FRAMES_SCHEMA, read_table
+    from pipeline.core.errors import InputError
+    from pipeline.core.frames import decode_colors
+    from pipeline.core.scene import manifest_frames, read_manifest
+    from pipeline.core.schemas import FRAMES_SCHEMA, read_table
     from workers.cut3r.preprocess import preprocess_frames, squash_uint8
 
     scene_dir = Path(job.scene_dir)
@@ -415,7 +415,7 @@ def _iter_ray(batches, encoder_factory, options, identity, scheduling: Schedulin
     import ray
     from ray.exceptions import RayActorError, RayTaskError
 
-    from pipeline.runner import init_ray
+    from pipeline.core.parallel import init_ray
 
     # A local cluster gets CPUs for the decode workers on top of the actors' own, or decoding could starve.
     init_ray(scheduling.workers + scheduling.actors * scheduling.actor_cpus, scheduling.ray_address)

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from pipeline.atomic import atomic_open
+    from pipeline.core.atomic import atomic_open
     from workers.cut3r import Cut3rCheckpointError, Cut3rConfigError, load_model
 
     if args.weights and not args.config:

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  total {time.perf_counter() - t0:.1f}s; dataset root: {root.resolve()}")
     scores = sorted((root / "eval").glob("*.json")) if (root / "eval").is_dir() else []
     if scores:
-        from pipeline.atomic import read_json
+        from pipeline.core.atomic import read_json
 
         print("\n== eval of the tiny trained model (scores in %; a tiny random model trained a few steps on CPU scores near chance)")
         for path in scores:

@@ -5,8 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.atomic import write_json
-from pipeline.errors import InputError
+from pipeline.core.atomic import write_json
+from pipeline.core.errors import InputError
 
 HELP = "score predictions (JSON lines with id and prediction) against VSI-Bench / VSTI-Bench questions"
 

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.layout import DATASETS
+from pipeline.core.layout import DATASETS
 
 HELP = "export scene graphs as VLM-3R scene/frame metadata JSON, or ScanNet scenes as ScanNet200-preprocessed PLY"
 
@@ -26,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _export_scannet200(args: argparse.Namespace) -> int:
-    from pipeline.layout import DatasetRoot
-    from pipeline.scene import read_scene
+    from pipeline.core.layout import DatasetRoot
+    from pipeline.core.scene import read_scene
     from pipeline.sources.scannet import export_scannet200_ply
 
     root = DatasetRoot(args.root)

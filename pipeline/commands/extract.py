@@ -111,7 +111,7 @@ def _lookup(identity: dict[str, Any], dotted: str) -> Any:
 
 def check_identity(tokens_dir: Path, records, identity: dict[str, Any]) -> None:
     """Refuse to add samples to shards made with another model or configuration, naming the field that changed."""
-    from pipeline.shards import marker_path
+    from pipeline.core.shards import marker_path
 
     for record in records:
         diff = _first_difference(record.identity, identity)
@@ -132,10 +132,11 @@ def extract_root(root, model, options, scheduling, *, shard_bytes: int = DEFAULT
     """
     from tqdm import tqdm
 
-    from pipeline.atomic import sha256_file
-    from pipeline.errors import ErrorRow, record_errors
-    from pipeline.layout import DatasetRoot, scene_key
-    from pipeline.shards import ShardWriter, recover_shards, write_index
+    from pipeline.core.atomic import sha256_file
+    from pipeline.core.errors import ErrorRow, record_errors
+    from pipeline.core.layout import DatasetRoot, scene_key
+    from pipeline.core.shards import ShardWriter, recover_shards, write_index
+    from pipeline.core.tokens import write_sample
     from workers.extract import ExtractionAborted, SceneJob, iter_extracted, run_identity
 
     root = root if isinstance(root, DatasetRoot) else DatasetRoot(root)
@@ -179,7 +180,7 @@ def extract_root(root, model, options, scheduling, *, shard_bytes: int = DEFAULT
                                                      scheduling):
                 processed.append((job.dataset, job.scene_id))
                 if error is None:
-                    writer.write(sample)
+                    write_sample(writer, sample)
                     summary.frames += sample.num_frames
                 else:
                     errors.append(ErrorRow(STAGE, job.dataset, job.scene_id, error.error_type, error.message,
@@ -208,8 +209,8 @@ def extract_root(root, model, options, scheduling, *, shard_bytes: int = DEFAULT
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.layout import DatasetRootError
-    from pipeline.shards import ShardError
+    from pipeline.core.layout import DatasetRootError
+    from pipeline.core.shards import ShardError
     from workers.extract import ExtractOptions, ModelSpec, Scheduling
 
     if args.weights and not args.config:

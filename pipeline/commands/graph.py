@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ErrorRow, record_errors, report_failures
-from pipeline.layout import DATASETS, DONE_MARKER, DatasetRoot
+from pipeline.core.errors import ErrorRow, record_errors, report_failures
+from pipeline.core.layout import DATASETS, DONE_MARKER, DatasetRoot
 
 HELP = "build the scene graph of every ingested scene: objects, frames, visibility, room measures"
 STAGE = "graph"
@@ -55,8 +55,8 @@ def build_one(job: dict[str, Any]) -> dict[str, Any]:
     Bad input comes back as ``{"error": {...}}`` rather than raised: InputError(path, problem) does not survive
     Ray's exception pickling (its constructor takes two arguments), and a row is all the driver needs anyway.
     """
-    from pipeline.errors import InputError
-    from pipeline.schemas import SchemaError
+    from pipeline.core.errors import InputError
+    from pipeline.core.schemas import SchemaError
 
     try:
         return {"marker": _build_one(job)}
@@ -66,9 +66,9 @@ def build_one(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _build_one(job: dict[str, Any]) -> dict[str, Any]:
-    from pipeline.frames import decode_depths
-    from pipeline.scene import manifest_frames, read_manifest, read_scene
-    from pipeline.schemas import column_as_array
+    from pipeline.core.frames import decode_depths
+    from pipeline.core.scene import manifest_frames, read_manifest, read_scene
+    from pipeline.core.schemas import column_as_array
     from scene_graph.graph import GraphConfig, build_scene_graph, write_graph
 
     scene_dir = Path(job["scene_dir"])
@@ -85,8 +85,8 @@ def _build_one(job: dict[str, Any]) -> dict[str, Any]:
 
 def input_hash(scene_dir: Path, config: dict[str, Any], use_masks: bool) -> str:
     """What the graph depends on: the scene's done-marker (it holds the sha256 of every scene file) and the config."""
-    from pipeline import FORMAT_VERSION
-    from pipeline.atomic import read_json
+    from pipeline.core.version import FORMAT_VERSION
+    from pipeline.core.atomic import read_json
     from scene_graph.graph import config_hash
 
     return config_hash({"scene_marker": read_json(scene_dir / DONE_MARKER), "config": config,
@@ -94,7 +94,7 @@ def input_hash(scene_dir: Path, config: dict[str, Any], use_masks: bool) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.runner import map_units
+    from pipeline.core.parallel import map_units
     from scene_graph.graph import graph_marker
 
     root = DatasetRoot(args.root)

@@ -5,8 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.errors import ErrorRow, record_errors
-from pipeline.layout import DATASETS, DatasetRoot
+from pipeline.core.errors import ErrorRow, record_errors
+from pipeline.core.layout import DATASETS, DatasetRoot
 
 HELP = "import VLM-3R scene/frame metadata or VSI-Bench meta_info JSON as scene graphs (QA without raw scans)"
 STAGE = "import-meta"
@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.atomic import sha256_file
+    from pipeline.core.atomic import sha256_file
     from scene_graph.graph import config_hash, write_graph
     from scene_graph.interop import import_vlm3r, import_vsibench
 

@@ -6,11 +6,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.atomic import read_json
-from pipeline.errors import ErrorRow, InputError, record_errors
-from pipeline.layout import DATASETS, DONE_MARKER, DatasetRoot
-from pipeline.runner import map_units
-from pipeline.scene import DEFAULT_NUM_FRAMES
+from pipeline.core.atomic import read_json
+from pipeline.core.errors import ErrorRow, InputError, record_errors
+from pipeline.core.layout import DATASETS, DONE_MARKER, DatasetRoot
+from pipeline.core.parallel import map_units
+from pipeline.core.scene import DEFAULT_NUM_FRAMES
 
 HELP = "read a raw ScanNet / ScanNet++ / ARKitScenes release into canonical scenes and frame manifests"
 STAGE = "ingest"
@@ -36,8 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def ingest_scene(job: dict[str, Any]) -> dict[str, Any]:
     """Read one scene with the dataset's reader and write it canonically. Runs inside a Ray task."""
-    from pipeline.frames import decode_colors
-    from pipeline.scene import manifest_frames, read_manifest, write_scene
+    from pipeline.core.frames import decode_colors
+    from pipeline.core.scene import manifest_frames, read_manifest, write_scene
     from pipeline.sources import get_reader
 
     reader = get_reader(job["dataset"], **job["reader_options"])

@@ -30,7 +30,7 @@ def _vision_encoder(base: str):
         build_model(config, lora=False).eval()
 
     def encode(images: list) -> np.ndarray:
-        from pipeline.pack import squash_rgb
+        from pipeline.core.images import squash_rgb
 
         batch = np.stack([squash_rgb(im, IMAGE_SIZE) for im in images])
         pixels = (torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.5
@@ -55,7 +55,7 @@ def _siglip_tower(folder: Path):
     import torch
     from transformers import SiglipVisionConfig, SiglipVisionModel
 
-    from pipeline.errors import InputError
+    from pipeline.core.errors import InputError
     from workers.trainer.model import _drop_last_vision_layer, load_base_weights
 
     raw = json.loads((folder / "config.json").read_text())
@@ -83,9 +83,9 @@ def _siglip_tower(folder: Path):
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.errors import InputError
-    from pipeline.layout import DatasetRoot
-    from pipeline.pack import pack, train_dir
+    from pipeline.core.errors import InputError
+    from pipeline.core.layout import DatasetRoot
+    from pipeline.stages.pack import pack, train_dir
 
     root = DatasetRoot(args.root)
     encoder, fingerprint = (None, "")

@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.atomic import atomic_open, dumps_json, read_json, write_json
-from pipeline.errors import ErrorRow, InputError, record_errors
-from pipeline.layout import DatasetRoot, scene_key
-from pipeline.runner import map_units
+from pipeline.core.atomic import atomic_open, dumps_json, read_json, write_json
+from pipeline.core.errors import ErrorRow, InputError, record_errors
+from pipeline.core.layout import DatasetRoot, scene_key
+from pipeline.core.parallel import map_units
 
 HELP = "generate VSI-Bench / VSTI-Bench questions from scene graphs (ROOT/graph -> ROOT/qa)"
 STAGE = "qa"
@@ -88,7 +88,7 @@ def qa_scene(plan: ScenePlan) -> dict[str, Any]:
 
 def _route_questions(plan: ScenePlan, key: str, records: list[dict[str, Any]]) -> dict[str, Any]:
     """Append the scene's route-planning records; returns the task's stats entry."""
-    from pipeline.schemas import ROUTES_SCHEMA, read_table
+    from pipeline.core.schemas import ROUTES_SCHEMA, read_table
     from qa_templates.route_planning import route_records
 
     rejected: Counter = Counter()
@@ -173,7 +173,7 @@ def build_stats(records: list[dict[str, Any]], scene_stats: list[dict[str, dict[
         }
         mc = [r for r in rows if r.get("options")]
         if mc:
-            from qa_templates.records import correct_letter
+            from pipeline.core.qa_records import correct_letter
 
             entry["answer_letters"] = dict(sorted(Counter(correct_letter(r) for r in mc).items()))
             entry["answer_texts"] = dict(sorted(Counter(r["answer_text"] for r in mc).most_common(20)))
@@ -193,7 +193,7 @@ def _tasks(bench: str, split: str, names: list[str] | None):
 
 def run(args: argparse.Namespace) -> int:
     from qa_templates.config import QAConfig
-    from qa_templates.records import dumps_record, llava_conversation
+    from pipeline.core.qa_records import dumps_record, llava_conversation
     from qa_templates.tasks import tasks_for
     from scene_graph.graph import graph_marker, list_graphs
 

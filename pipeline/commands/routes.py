@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ErrorRow, record_errors, report_failures
-from pipeline.layout import DATASETS, DONE_MARKER, DatasetRoot, scene_key
+from pipeline.core.errors import ErrorRow, record_errors, report_failures
+from pipeline.core.layout import DATASETS, DONE_MARKER, DatasetRoot, scene_key
 
 HELP = "sample navigation routes on each scene's navigable floor (grid or habitat-sim backend) and plot them"
 STAGE = "routes"
@@ -48,7 +48,7 @@ def plot_routes(path: str | Path, navigator, routes, objects, title: str) -> Non
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from pipeline.atomic import atomic_path
+    from pipeline.core.atomic import atomic_path
     from scene_graph.routes import unique_objects
 
     top = navigator.topdown()
@@ -78,9 +78,9 @@ def plot_routes(path: str | Path, navigator, routes, objects, title: str) -> Non
 
 def routes_one(job: dict[str, Any]) -> dict[str, Any]:
     """Build the navigator, sample and write one scene's routes (+ plot, then the marker). Raises on bad input."""
-    from pipeline.atomic import write_json
-    from pipeline.scene import read_scene
-    from pipeline.schemas import ROUTES_SCHEMA, write_table
+    from pipeline.core.atomic import write_json
+    from pipeline.core.scene import read_scene
+    from pipeline.core.schemas import ROUTES_SCHEMA, write_table
     from qa_templates.seeding import derive_seed
     from scene_graph.navigation import NavmeshSettings, build_navigator
     from scene_graph.routes import RouteSettings, routes_table, sample_routes
@@ -113,16 +113,16 @@ def input_hash(scene_dir: Path, config: dict[str, Any]) -> str:
     import hashlib
     import json
 
-    from pipeline import FORMAT_VERSION
-    from pipeline.atomic import read_json
+    from pipeline.core.version import FORMAT_VERSION
+    from pipeline.core.atomic import read_json
 
     payload = {"scene_marker": read_json(scene_dir / DONE_MARKER), "config": config, "format_version": FORMAT_VERSION}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.atomic import read_json
-    from pipeline.runner import map_units
+    from pipeline.core.atomic import read_json
+    from pipeline.core.parallel import map_units
     from scene_graph.navigation import default_backend, habitat_available
 
     root = DatasetRoot(args.root)

@@ -14,9 +14,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.errors import InputError
-    from pipeline.layout import DatasetRootError
-    from pipeline.report import write_report
+    from pipeline.core.errors import InputError
+    from pipeline.core.layout import DatasetRootError
+    from pipeline.stages.report import write_report
 
     try:
         result = write_report(args.root, args.out)

@@ -14,10 +14,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.atomic import dumps_json
-    from pipeline.errors import InputError
-    from pipeline.layout import DatasetRootError
-    from pipeline.status import format_table, root_status
+    from pipeline.core.atomic import dumps_json
+    from pipeline.core.errors import InputError
+    from pipeline.core.layout import DatasetRootError
+    from pipeline.stages.status import format_table, root_status
 
     try:
         status = root_status(args.root)

@@ -68,8 +68,8 @@ def _config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from pipeline.errors import InputError
-    from pipeline.layout import DatasetRoot
+    from pipeline.core.errors import InputError
+    from pipeline.core.layout import DatasetRoot
     from workers.trainer import train as loop
 
     try:
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if not args.predict_only:
             if args.workers > 0:
-                from pipeline.runner import init_ray
+                from pipeline.core.parallel import init_ray
 
                 init_ray(args.workers, args.ray_address)
                 result = loop.train_ray(config, workers=args.workers, use_gpu=args.gpus)
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
             files = loop.export(config, checkpoint, args.export)
             print(f"export: {', '.join(str(f) for f in files)}")
         if args.predict or args.predict_only:
-            from workers.trainer.data import load_tokenizer
+            from workers.trainer.tokenizer import load_tokenizer
             from workers.trainer.model import build_model, load_trainables
             from workers.trainer.predict import predict_files
 

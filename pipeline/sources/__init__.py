@@ -2,7 +2,7 @@
 
 - ``list_scenes(raw, split=None) -> list[tuple[scene_id, split]]``: the scenes of a raw release (sorted);
 - ``read_scene(raw, scene_id, split) -> CanonicalScene``: one scene in the canonical form (raises
-  ``pipeline.errors.InputError`` naming the file and the problem on bad input).
+  ``pipeline.core.errors.InputError`` naming the file and the problem on bad input).
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import importlib
 from pathlib import Path
 from typing import Protocol
 
-from pipeline.scene import CanonicalScene
+from pipeline.core.scene import CanonicalScene
 
 READERS = ("scannet", "scannetpp", "arkitscenes")
 

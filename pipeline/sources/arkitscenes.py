@@ -55,10 +55,10 @@ from typing import Any, Iterable
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from pipeline.errors import InputError
-from pipeline.ply import read_ply
-from pipeline.scene import CanonicalScene, finite_pose_mask, frames_columns, objects_table
-from pipeline.schemas import FRAMES_SCHEMA, table_from_columns
+from pipeline.core.errors import InputError
+from pipeline.core.ply import read_ply
+from pipeline.core.scene import CanonicalScene, finite_pose_mask, frames_columns, objects_table
+from pipeline.core.schemas import FRAMES_SCHEMA, table_from_columns
 
 DATASET = "arkitscenes"
 

@@ -36,8 +36,8 @@ import cv2
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from pipeline.atomic import write_bytes, write_text
-from pipeline.ply import write_ply
+from pipeline.core.atomic import write_bytes, write_text
+from pipeline.core.ply import write_ply
 from pipeline.sources.arkitscenes import (CLASS_NAMES, DEFAULT_POSE_MATCH_TOLERANCE_S, LAYOUTS, SKY_ROTATE_K,
                                           SPLIT_TO_FOLD, invert_rigid, read_scan_csv, rotate_camera, rotate_pose)
 from pipeline.sources.synthetic import SyntheticScene

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.atomic import write_text
-from pipeline.errors import InputError
+from pipeline.core.atomic import write_text
+from pipeline.core.errors import InputError
 
 # Parameter names per camera model, in COLMAP's order (src/colmap/sensor/models.h).
 CAMERA_MODEL_PARAMS: dict[str, tuple[str, ...]] = {

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.atomic import atomic_open
-from pipeline.errors import InputError
+from pipeline.core.atomic import atomic_open
+from pipeline.core.errors import InputError
 
 DEPTH_WIDTH = 256   # pixels; fixed by the capture app (the official decoder hard-codes 256x192)
 DEPTH_HEIGHT = 192

@@ -19,7 +19,7 @@ Per scene ``<raw>/scans/<scene_id>/`` (train/val) or ``<raw>/scans_test/<scene_i
   "couch"). A label missing from the TSV is an error naming the aggregation file and the label: the TSV covers
   every label of the release, so a miss means a mismatched TSV or a corrupt annotation, not something to guess.
 - Boxes are gravity-aligned oriented boxes of each instance's aligned mesh vertices
-  (:func:`pipeline.scene.upright_box`: the minimum-area rectangle of the floor-plane convex hull times the z
+  (:func:`pipeline.core.scene.upright_box`: the minimum-area rectangle of the floor-plane convex hull times the z
   range). This is exact for upright box-like furniture; VLM-3R instead fits open3d's unconstrained 3D minimal OBB,
   which can tilt. ``num_points`` = the instance's vertex count.
 
@@ -40,10 +40,10 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from pipeline.errors import InputError, read_input_json
-from pipeline.ply import read_ply, write_ply
-from pipeline.scene import CanonicalScene, finite_pose_mask, frames_columns, objects_table, upright_box
-from pipeline.schemas import FRAMES_SCHEMA, column_as_array, table_from_columns
+from pipeline.core.errors import InputError, read_input_json
+from pipeline.core.ply import read_ply, write_ply
+from pipeline.core.scene import CanonicalScene, finite_pose_mask, frames_columns, objects_table, upright_box
+from pipeline.core.schemas import FRAMES_SCHEMA, column_as_array, table_from_columns
 from pipeline.sources.sens import (COLOR_COMPRESSION, COLOR_JPEG, DEPTH_COMPRESSION, DEPTH_ZLIB_USHORT,
                                    read_sens_index)
 

@@ -27,8 +27,8 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from pipeline.atomic import atomic_open, write_text
-from pipeline.ply import write_ply
+from pipeline.core.atomic import atomic_open, write_text
+from pipeline.core.ply import write_ply
 from pipeline.sources.scannet import LABEL_MAP_NAME, ScanNetPaths
 from pipeline.sources.sens import (COLOR_JPEG, DEPTH_ZLIB_USHORT, SensFramePayload, SensHeader, encode_depth_zlib,
                                    encode_jpeg, write_sens)

@@ -51,10 +51,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.errors import InputError, read_input_json
-from pipeline.ply import read_ply
-from pipeline.scene import CanonicalScene, box_aabb, finite_pose_mask, frames_columns, objects_table
-from pipeline.schemas import FRAMES_SCHEMA, table_from_columns
+from pipeline.core.errors import InputError, read_input_json
+from pipeline.core.ply import read_ply
+from pipeline.core.scene import CanonicalScene, box_aabb, finite_pose_mask, frames_columns, objects_table
+from pipeline.core.schemas import FRAMES_SCHEMA, table_from_columns
 from pipeline.sources.colmap import (ColmapCamera, read_cameras_txt, read_images_txt, nerfstudio_to_camera_to_world)
 from pipeline.sources.depth_bin import DEPTH_HEIGHT, DEPTH_WIDTH, index_depth_bin
 

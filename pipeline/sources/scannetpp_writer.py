@@ -31,9 +31,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.atomic import atomic_path, write_bytes, write_text
-from pipeline.ply import write_ply
-from pipeline.scene import box_aabb
+from pipeline.core.atomic import atomic_path, write_bytes, write_text
+from pipeline.core.ply import write_ply
+from pipeline.core.scene import box_aabb
 from pipeline.sources.colmap import (ColmapCamera, ColmapImage, rotmat_to_qvec, world_to_camera_inverse,
                                      write_cameras_txt, write_images_txt, write_points3d_txt)
 from pipeline.sources.depth_bin import DEPTH_HEIGHT, DEPTH_WIDTH, write_depth_bin

@@ -19,8 +19,8 @@ from typing import Iterable, Iterator
 import cv2
 import numpy as np
 
-from pipeline.atomic import atomic_open
-from pipeline.errors import InputError
+from pipeline.core.atomic import atomic_open
+from pipeline.core.errors import InputError
 
 SENS_VERSION = 4
 COLOR_COMPRESSION = {-1: "unknown", 0: "raw", 1: "png", 2: "jpeg"}
@@ -191,7 +191,7 @@ def read_frame_bytes(path: str | os.PathLike, offset: int, length: int) -> bytes
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
-    """RGB uint8 [H, W, 3] -> JPEG bytes (OpenCV, the same codec pipeline.frames decodes with)."""
+    """RGB uint8 [H, W, 3] -> JPEG bytes (OpenCV, the same codec pipeline.core.frames decodes with)."""
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(np.ascontiguousarray(rgb, np.uint8), cv2.COLOR_RGB2BGR),
                            [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:

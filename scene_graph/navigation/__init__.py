@@ -24,7 +24,7 @@ def default_backend() -> str:
 
 def build_navigator(vertices: np.ndarray, faces: np.ndarray, settings: NavmeshSettings = NavmeshSettings(),
                     backend: str | None = None, source: str = "<mesh>") -> Navigator:
-    """Build the navigable floor of a z-up mesh. Raises ``pipeline.errors.InputError`` naming ``source`` when the
+    """Build the navigable floor of a z-up mesh. Raises ``pipeline.core.errors.InputError`` naming ``source`` when the
     mesh has no floor, is not z-up, or is malformed; ``ValueError`` for an unknown or unavailable backend."""
     backend = backend or default_backend()
     if backend == "grid":

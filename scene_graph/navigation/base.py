@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 
 
 @dataclass(frozen=True)

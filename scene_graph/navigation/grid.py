@@ -21,7 +21,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components, dijkstra
 from scipy.spatial import cKDTree
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 from scene_graph.geometry import point_box_distance
 from scene_graph.navigation.base import Island, NavmeshSettings, Navigator, NavPath, TopDown, prepare_mesh
 

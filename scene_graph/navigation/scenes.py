@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from pipeline.scene import objects_table
+from pipeline.core.scene import objects_table
 from scene_graph.geometry import box_triangles
 
 WALL_HEIGHT_M = 2.5
@@ -125,7 +125,7 @@ def hairpin(length_m: float = 6.0, tile_m: float = 0.2) -> Layout:
 
 
 def _mirror_y(lay: Layout) -> Layout:
-    from pipeline.schemas import column_as_array
+    from pipeline.core.schemas import column_as_array
 
     v = lay.vertices * [1.0, -1.0, 1.0]
     f = lay.faces[:, ::-1].copy()   # mirroring flips the winding; restore outward / upward normals

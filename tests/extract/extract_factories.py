@@ -3,7 +3,7 @@
 * :func:`ingest_synthetic`: synthetic scenes written as a raw ScanNet release and read back by ``vlm3r-data ingest``
   (colour = JPEG byte ranges inside ``.sens`` files);
 * :func:`write_video_scene`: a canonical scene whose colour references are frames of an mp4 encoded with PyAV,
-  written with ``pipeline.scene.write_scene`` exactly as ingest writes scenes;
+  written with ``pipeline.core.scene.write_scene`` exactly as ingest writes scenes;
 * :class:`CrashingFactory`: an encoder factory whose encoder kills its own process (``os._exit``) on a chosen call
   while a flag file exists, to kill a real Ray actor mid-run.
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.cli import main as cli_main
-from pipeline.scene import CanonicalScene, frames_columns, objects_table, write_scene
-from pipeline.schemas import FRAMES_SCHEMA, table_from_columns
+from pipeline.core.scene import CanonicalScene, frames_columns, objects_table, write_scene
+from pipeline.core.schemas import FRAMES_SCHEMA, table_from_columns
 from pipeline.sources.scannet_writer import write_scannet
 from pipeline.sources.synthetic import generate_scene
 

@@ -3,6 +3,7 @@ plus an mp4-backed scene), the real tiny CUT3R architecture with random weights,
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 from pathlib import Path
 
@@ -11,13 +12,14 @@ import pytest
 import torch
 from extract_factories import CrashingFactory, file_hashes, ingest_synthetic, write_video_scene
 
-from pipeline.atomic import read_json
+from pipeline.core.atomic import read_json
 from pipeline.cli import main as cli_main
-from pipeline.errors import read_errors
-from pipeline.layout import DatasetRoot, scene_key
-from pipeline.scene import build_manifest, manifest_frames, read_manifest
-from pipeline.schemas import FRAMES_SCHEMA, MANIFEST_SCHEMA, read_table, write_table
-from pipeline.shards import iter_samples, read_index
+from pipeline.core.errors import read_errors
+from pipeline.core.layout import DatasetRoot, scene_key
+from pipeline.core.scene import build_manifest, manifest_frames, read_manifest
+from pipeline.core.schemas import FRAMES_SCHEMA, MANIFEST_SCHEMA, read_table, write_table
+from pipeline.core.tokens import iter_samples
+from pipeline.core.shards import read_index
 from workers.cut3r import Cut3rEncoder, preprocess_frames, random_model, save_safetensors, tiny_config
 from workers.extract import ExtractOptions, ModelSpec, Scheduling
 
@@ -58,7 +60,7 @@ def extract(root: Path, *extra: str) -> int:
 
 def reference_tokens(root: Path, dataset: str, scene_id: str) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """The scene's manifest frames run through the model alone (batch of one), outside the stage."""
-    from pipeline.frames import decode_colors
+    from pipeline.core.frames import decode_colors
     from workers.cut3r.preprocess import PreprocessConfig
 
     scene_dir = DatasetRoot(root).scene_dir(dataset, scene_id)
@@ -235,7 +237,7 @@ def test_killed_actor_then_rerun_gives_every_scene_exactly_once(ray_local, templ
 
 
 def test_decode_follows_the_manifest_and_matches_the_preprocessing(template):
-    from pipeline.frames import decode_colors
+    from pipeline.core.frames import decode_colors
     from workers.cut3r.preprocess import PreprocessConfig
     from workers.extract import SceneJob, decode_scene
 
@@ -285,11 +287,13 @@ def test_killed_driver_leaves_debris_that_the_rerun_cleans_up(template, clean_ha
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr[-2000:]
     tokens = killed / "tokens"
-    assert sorted(p.name for p in tokens.iterdir()) == [".shard-000002.tar.tmp", "_done", "shard-000000.tar",
-                                                        "shard-000001.tar"]
+    names = sorted(p.name for p in tokens.iterdir())
+    # the half-written shard has a temporary name unique to the dead process: .shard-000002.tar.<pid>.<hex>.tmp
+    assert re.fullmatch(r"\.shard-000002\.tar\.\d+\.[0-9a-f]{8}\.tmp", names[0]), names
+    assert names[1:] == ["_done", "shard-000000.tar", "shard-000001.tar"]
     summary = extract_root(killed, model, options, Scheduling(batch_videos=1, local=True), shard_bytes=100,
                            progress=False)
-    assert summary.removed_debris == [".shard-000002.tar.tmp"]
+    assert summary.removed_debris == [names[0]]
     assert (summary.extracted, summary.skipped) == (3, 2)
     assert file_hashes(tokens) == clean_hashes
 

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.atomic import read_json
-from pipeline.shards import (MARKER_DIR, ShardError, ShardRecord, ShardWriter, TokenSample, bf16_bits_to_float32,
-                             decode_tokens, encode_tokens, float32_to_bf16_bits, iter_samples, read_index, read_shard,
-                             recover_shards, sample_from_wds, sample_members, shard_paths, tokens_as_torch,
-                             write_index)
+from pipeline.core.atomic import read_json
+from pipeline.core.shards import (MARKER_DIR, ShardError, ShardRecord, ShardWriter, read_index, recover_shards,
+                                  shard_paths, write_index)
+from pipeline.core.tokens import (TokenSample, bf16_bits_to_float32, decode_tokens, encode_tokens, float32_to_bf16_bits,
+                                  iter_samples, read_shard, sample_from_wds, sample_members,
+                                  tokens_as_torch, write_sample)
 
 SHA = "ab" * 32
 
@@ -42,7 +43,7 @@ def make_sample(key: str, t: int = 3, n: int = 4, c: int = 8, dtype: str = "bflo
 def write_samples(tokens_dir, samples, max_shard_bytes=10**9):
     with ShardWriter(tokens_dir, max_shard_bytes=max_shard_bytes, identity={"model_id": "m"}) as writer:
         for sample in samples:
-            writer.write(sample)
+            write_sample(writer, sample)
     write_index(tokens_dir, writer.records, {"model_id": "m"})
     return writer.records
 
@@ -158,7 +159,7 @@ def test_recover_removes_debris_and_keeps_complete_shards(tmp_path):
 def test_writer_exception_leaves_no_partial_shard(tmp_path):
     with pytest.raises(RuntimeError):
         with ShardWriter(tmp_path, max_shard_bytes=10**9) as writer:
-            writer.write(make_sample("scannet_scene0000_00"))
+            write_sample(writer, make_sample("scannet_scene0000_00"))
             raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
 
@@ -233,7 +234,7 @@ def test_writer_refuses_invalid_samples(tmp_path):
     short = make_sample("scannet_scene0000_00")
     short.jpegs = short.jpegs[:2]
     with pytest.raises(ShardError, match="2 JPEG frames"):
-        ShardWriter(tmp_path, max_shard_bytes=10**6).write(short)
+        write_sample(ShardWriter(tmp_path, max_shard_bytes=10**6), short)
 
 
 def test_more_than_a_thousand_jpeg_frames_read_back_in_rank_order(tmp_path):

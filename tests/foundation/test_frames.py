@@ -3,10 +3,10 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.errors import InputError
-from pipeline.frames import _decode_video_av, decode_colors
-from pipeline.schemas import FRAMES_SCHEMA, table_from_columns
-from pipeline.scene import frames_columns
+from pipeline.core.errors import InputError
+from pipeline.core.frames import _decode_video_av, decode_colors
+from pipeline.core.schemas import FRAMES_SCHEMA, table_from_columns
+from pipeline.core.scene import frames_columns
 
 
 def _frames(rows):

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main
-from pipeline.errors import read_errors
-from pipeline.layout import DatasetRoot
-from pipeline.scene import read_manifest, read_scene
-from pipeline.schemas import column_as_array
+from pipeline.core.errors import read_errors
+from pipeline.core.layout import DatasetRoot
+from pipeline.core.scene import read_manifest, read_scene
+from pipeline.core.schemas import column_as_array
 from pipeline.sources.scannet_writer import write_scannet
 from pipeline.sources.scannetpp_writer import write_scannetpp
 from pipeline.sources.synthetic import generate_scene

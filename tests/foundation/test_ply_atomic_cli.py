@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import trimesh
 
-from pipeline.atomic import atomic_open, write_json, read_json
+from pipeline.core.atomic import atomic_open, write_json, read_json
 from pipeline.cli import available_commands, main
-from pipeline.errors import InputError
-from pipeline.ply import read_ply, write_ply
+from pipeline.core.errors import InputError
+from pipeline.core.ply import read_ply, write_ply
 
 
 def test_ply_roundtrip_keeps_extra_properties_and_trimesh_agrees(tmp_path):

@@ -3,10 +3,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.errors import ErrorRow, read_errors, record_errors
-from pipeline.schemas import (FRAMES_SCHEMA, OBJECTS_SCHEMA, SchemaError, column_as_array, read_table,
+from pipeline.core.errors import ErrorRow, read_errors, record_errors
+from pipeline.core.schemas import (FRAMES_SCHEMA, OBJECTS_SCHEMA, SchemaError, column_as_array, read_table,
                               table_from_columns, write_table)
-from pipeline.scene import box_aabb, frames_columns, objects_table, upright_box, uniform_ranks
+from pipeline.core.scene import box_aabb, frames_columns, objects_table, upright_box, uniform_ranks
 
 
 def test_objects_roundtrip_and_rows_as_axes(tmp_path):
@@ -82,7 +82,7 @@ def test_errors_table_replaces_rows_of_rerun(tmp_path):
 def test_input_error_survives_pickling():
     import pickle
 
-    from pipeline.errors import InputError
+    from pipeline.core.errors import InputError
 
     err = pickle.loads(pickle.dumps(InputError("/data/x.sens", "truncated: wanted 10 bytes")))
     assert isinstance(err, InputError) and err.path == "/data/x.sens" and str(err) == "/data/x.sens: truncated: wanted 10 bytes"

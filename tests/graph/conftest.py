@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.scene import CanonicalScene, frames_columns, objects_table
-from pipeline.schemas import FRAMES_SCHEMA, table_from_columns
+from pipeline.core.scene import CanonicalScene, frames_columns, objects_table
+from pipeline.core.schemas import FRAMES_SCHEMA, table_from_columns
 
 W, H, F, CX, CY = 64, 48, 40.0, 31.5, 23.5
 CAMERA_POS = np.array([0.5, 1.5, 1.0])

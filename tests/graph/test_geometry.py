@@ -9,7 +9,7 @@ from scipy.optimize import minimize
 from scipy.spatial.distance import cdist
 from scipy.spatial.transform import Rotation
 
-from pipeline.scene import box_aabb
+from pipeline.core.scene import box_aabb
 from scene_graph import geometry as g
 
 

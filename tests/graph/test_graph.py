@@ -7,10 +7,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.errors import InputError
-from pipeline.layout import DONE_MARKER
-from pipeline.scene import build_manifest, objects_table
-from pipeline.schemas import (GRAPH_FRAMES_SCHEMA, GRAPH_OBJECTS_SCHEMA, MANIFEST_SCHEMA, VISIBILITY_SCHEMA,
+from pipeline.core.errors import InputError
+from pipeline.core.layout import DONE_MARKER
+from pipeline.core.scene import build_manifest, objects_table
+from pipeline.core.schemas import (GRAPH_FRAMES_SCHEMA, GRAPH_OBJECTS_SCHEMA, MANIFEST_SCHEMA, VISIBILITY_SCHEMA,
                               SchemaError, column_as_array, table_from_columns)
 from scene_graph.graph import GraphConfig, build_scene_graph, read_graph, write_graph
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main
-from pipeline.errors import read_errors
-from pipeline.layout import DONE_MARKER, DatasetRoot
-from pipeline.scene import objects_table, write_scene
+from pipeline.core.errors import read_errors
+from pipeline.core.layout import DONE_MARKER, DatasetRoot
+from pipeline.core.scene import objects_table, write_scene
 from scene_graph.graph import list_graphs, read_graph
 
 GRAPH_FILES = ("objects.parquet", "frames.parquet", "visibility.parquet", "room.json", DONE_MARKER)
@@ -105,7 +105,7 @@ def test_import_and_export_meta_commands(tmp_path, kit, capsys):
     assert graph.split == "val" and graph.room["floor_area_m2"] == 18.4 and graph.frames.num_rows == 0
 
     # Add a built graph (with frames) and export everything in VLM-3R's layout.
-    from pipeline.scene import build_manifest
+    from pipeline.core.scene import build_manifest
     from scene_graph.graph import build_scene_graph, write_graph
 
     scene = kit.build_room_scene()

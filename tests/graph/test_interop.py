@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.scene import build_manifest
-from pipeline.schemas import column_as_array
+from pipeline.core.scene import build_manifest
+from pipeline.core.schemas import column_as_array
 from scene_graph.graph import build_scene_graph
 from scene_graph.interop import export_vlm3r, graph_to_vlm3r, import_vlm3r, import_vsibench
 

@@ -32,7 +32,7 @@ def golden_graph():
 def golden_lines(bench: str) -> list[str]:
     from qa_templates.config import QAConfig
     from qa_templates.generate import generate_scene
-    from qa_templates.records import dumps_record
+    from pipeline.core.qa_records import dumps_record
     from qa_templates.tasks import tasks_for
 
     return [dumps_record(r) for r in generate_scene(golden_graph(), bench, tasks_for(bench), 0, QAConfig()).records]

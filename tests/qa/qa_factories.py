@@ -5,7 +5,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from pipeline.schemas import (GRAPH_FRAMES_SCHEMA, GRAPH_OBJECTS_SCHEMA, VISIBILITY_SCHEMA, table_from_columns)
+from pipeline.core.schemas import (GRAPH_FRAMES_SCHEMA, GRAPH_OBJECTS_SCHEMA, VISIBILITY_SCHEMA, table_from_columns)
 from scene_graph.graph import SceneGraph
 
 

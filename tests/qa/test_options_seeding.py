@@ -13,7 +13,7 @@ from qa_factories import make_graph
 from qa_templates.config import QAConfig
 from qa_templates.generate import generate_scene
 from qa_templates.options import LetterBalancer, numeric_options
-from qa_templates.records import dumps_record
+from pipeline.core.qa_records import dumps_record
 from qa_templates.seeding import derive_seed, task_rng
 from qa_templates.tasks import TASKS_BY_NAME, tasks_for
 

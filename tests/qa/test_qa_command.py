@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli import main
-from pipeline.errors import read_errors
+from pipeline.core.errors import read_errors
 from qa_factories import look_pose, make_graph
-from qa_templates.records import build_prompt
+from pipeline.core.qa_records import build_prompt
 from scene_graph.graph import write_graph
 
 CATS = ["chair", "table", "sofa", "bed", "tv", "lamp", "desk", "plant", "sink", "fan"]
@@ -177,7 +177,7 @@ def test_usage_errors(tmp_path, capsys):
 
 
 def _routes_table(dataset: str, scene_id: str):
-    from pipeline.schemas import ROUTES_SCHEMA, table_from_columns
+    from pipeline.core.schemas import ROUTES_SCHEMA, table_from_columns
 
     return table_from_columns(ROUTES_SCHEMA, {
         "dataset": [dataset], "scene_id": [scene_id], "route_index": [0], "kind": ["forward"], "parent_index": [-1],
@@ -192,7 +192,7 @@ def _routes_table(dataset: str, scene_id: str):
 
 
 def test_route_planning_questions_join_the_vsibench_file_when_routes_exist(tmp_path):
-    from pipeline.schemas import ROUTES_SCHEMA, write_table
+    from pipeline.core.schemas import ROUTES_SCHEMA, write_table
 
     root = write_root(tmp_path / "root", [scene(1, "scene0001_00", "train"), scene(2, "scene0002_00", "train")])
     write_table(root / "routes/scannet/scene0001_00.parquet", _routes_table("scannet", "scene0001_00"), ROUTES_SCHEMA)

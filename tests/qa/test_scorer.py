@@ -56,7 +56,7 @@ def test_vsti_numeric_record_with_options_is_scored_by_question_type():
     assert score_record(VSTI_NA_WITH_OPTIONS, "2.0") == 1.0
     assert score_record(VSTI_NA_WITH_OPTIONS, "1.75") == pytest.approx(0.8)
     assert score_record(VSTI_NA_WITH_OPTIONS, "B") == 0.0       # the letter is not a number
-    from qa_templates.records import build_prompt
+    from pipeline.core.qa_records import build_prompt
     assert build_prompt(VSTI_NA_WITH_OPTIONS) == ("These are frames of a video.\n" + VSTI_NA_WITH_OPTIONS["question"]
                                                   + "\nPlease answer the question using a single word or phrase.")
 
@@ -71,7 +71,7 @@ def test_vsti_numeric_record_with_options_loads_and_scores_from_files(tmp_path):
     assert report.scores["overall"] == pytest.approx(100.0)
     bad = dict(VSTI_NA_WITH_OPTIONS, ground_truth=0)
     _write_jsonl(q, [bad])
-    from pipeline.errors import InputError
+    from pipeline.core.errors import InputError
     with pytest.raises(InputError, match="numeric ground_truth must be a positive number"):
         score_files(q, p)
 
@@ -129,7 +129,7 @@ def test_ground_truth_as_predictions_scores_100_on_generated_questions(tmp_path)
     from qa_factories import look_pose, make_graph
     from qa_templates.config import QAConfig
     from qa_templates.generate import generate_scene
-    from qa_templates.records import answer_for_training, dumps_record
+    from pipeline.core.qa_records import answer_for_training, dumps_record
     from qa_templates.tasks import tasks_for
 
     g = make_graph([(1, "chair", (0, 0, 0.5), (0.5, 0.5, 1.0)), (2, "table", (2.5, 0, 0.5), (1, 1, 1)),

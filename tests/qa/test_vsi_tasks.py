@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 from qa_factories import answer_of, look_pose, make_graph, run_task
 from qa_templates.scene_view import build_view
 

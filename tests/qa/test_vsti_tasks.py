@@ -5,8 +5,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.errors import InputError
-from pipeline.schemas import GRAPH_FRAMES_SCHEMA
+from pipeline.core.errors import InputError
+from pipeline.core.schemas import GRAPH_FRAMES_SCHEMA
 from qa_factories import answer_of, look_pose, make_graph, run_task
 from qa_templates.scene_view import build_view
 from qa_templates.vsti_camera import movement_direction

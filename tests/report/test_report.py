@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import main
-from pipeline.report import PLOT_DPI
-from pipeline.shards import read_shard
+from pipeline.stages.report import PLOT_DPI
+from pipeline.core.tokens import read_shard
 
 IMAGE_RE = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
 LINK_RE = re.compile(r"(?<!!)\[[^\]]*\]\(([^)]+)\)")

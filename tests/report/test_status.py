@@ -7,10 +7,10 @@ import json
 import shutil
 from pathlib import Path
 
-from pipeline.atomic import write_json
+from pipeline.core.atomic import write_json
 from pipeline.cli import main
-from pipeline.errors import read_errors
-from pipeline.status import root_status
+from pipeline.core.errors import read_errors
+from pipeline.stages.status import root_status
 
 
 def _tree_digest(root: Path) -> dict[str, str]:

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.scene import CanonicalScene, frames_columns, write_scene
-from pipeline.schemas import FRAMES_SCHEMA, table_from_columns
+from pipeline.core.scene import CanonicalScene, frames_columns, write_scene
+from pipeline.core.schemas import FRAMES_SCHEMA, table_from_columns
 
 
 def write_layout_scene(root: Path, dataset: str, scene_id: str, vertices: np.ndarray, faces: np.ndarray,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 from scene_graph.navigation import NavmeshSettings, build_navigator, scenes
 from scene_graph.navigation.base import face_geometry
 

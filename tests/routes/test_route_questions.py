@@ -7,8 +7,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from pipeline.schemas import ROUTES_SCHEMA, read_table, write_table
-from qa_templates.records import build_prompt
+from pipeline.core.schemas import ROUTES_SCHEMA, read_table, write_table
+from pipeline.core.qa_records import build_prompt
 from qa_templates.route_planning import route_question, route_records, turn_options
 from scene_graph.navigation import build_navigator, scenes
 from scene_graph.routes import TURNS, RouteSettings, routes_table, sample_routes

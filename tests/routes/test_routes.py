@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from pipeline.errors import InputError
-from pipeline.schemas import ROUTES_SCHEMA, read_table, write_table
+from pipeline.core.errors import InputError
+from pipeline.core.schemas import ROUTES_SCHEMA, read_table, write_table
 from scene_graph.navigation import build_navigator, scenes
 from scene_graph.routes import (TURN_BACK, TURN_LEFT, TURN_RIGHT, RouteSettings, classify_turn, fold_short_legs,
                                 routes_table, sample_routes)

@@ -9,11 +9,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
-from pipeline.atomic import read_json
+from pipeline.core.atomic import read_json
 from pipeline.cli import main
-from pipeline.errors import read_errors
-from pipeline.layout import DatasetRoot
-from pipeline.schemas import ROUTES_SCHEMA, read_table
+from pipeline.core.errors import read_errors
+from pipeline.core.layout import DatasetRoot
+from pipeline.core.schemas import ROUTES_SCHEMA, read_table
 from scene_graph.navigation import habitat_available, scenes
 from scene_graph.navigation.base import face_geometry
 

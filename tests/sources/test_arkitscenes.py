@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from pipeline.errors import InputError
-from pipeline.frames import decode_colors, decode_depths
-from pipeline.ply import write_ply
-from pipeline.scene import box_aabb, read_scene as read_canonical, write_scene
-from pipeline.schemas import column_as_array
+from pipeline.core.errors import InputError
+from pipeline.core.frames import decode_colors, decode_depths
+from pipeline.core.ply import write_ply
+from pipeline.core.scene import box_aabb, read_scene as read_canonical, write_scene
+from pipeline.core.schemas import column_as_array
 from pipeline.sources import get_reader
 from pipeline.sources.arkitscenes import (CLASS_NAMES, READER, ArkitScenesReader, ScanInfo, infer_sky_direction,
                                           match_timestamps, read_scan_csv, read_traj, rotate_camera)

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.errors import InputError
-from pipeline.frames import decode_colors, decode_depths
-from pipeline.ply import read_ply, write_ply
-from pipeline.scene import read_manifest, read_scene, write_scene
-from pipeline.schemas import column_as_array
+from pipeline.core.errors import InputError
+from pipeline.core.frames import decode_colors, decode_depths
+from pipeline.core.ply import read_ply, write_ply
+from pipeline.core.scene import read_manifest, read_scene, write_scene
+from pipeline.core.schemas import column_as_array
 from pipeline.sources import get_reader
 from pipeline.sources.scannet import READER, list_scenes, read_instance_mask, read_label_map, read_scene_meta
 from pipeline.sources.sens import (COLOR_JPEG, DEPTH_ZLIB_USHORT, FRAME_HEADER_BYTES, SensFramePayload, SensHeader,
@@ -683,8 +683,8 @@ def test_writer_test_split_has_no_annotations(tmp_path):
 def test_ingest_command_records_bad_scenes_and_ingests_the_rest(tmp_path):
     """The real `vlm3r-data ingest` on a written release: one good scene, one without its aggregation file."""
     from pipeline.cli import main
-    from pipeline.errors import read_errors
-    from pipeline.layout import DatasetRoot
+    from pipeline.core.errors import read_errors
+    from pipeline.core.layout import DatasetRoot
     from pipeline.sources.scannet_writer import write_scannet
 
     raw, out = tmp_path / "raw", tmp_path / "root"
@@ -706,8 +706,8 @@ def test_ingest_command_records_bad_scenes_and_ingests_the_rest(tmp_path):
 def test_scannet200_ply_export_matches_the_preprocessing_layout(tmp_path):
     """§6.1: the ScanNet200-style PLY has label = the TSV id and instance_id = objectId (0 where unannotated)."""
     from pipeline.cli import main
-    from pipeline.ply import read_ply
-    from pipeline.scene import read_scene
+    from pipeline.core.ply import read_ply
+    from pipeline.core.scene import read_scene
     from pipeline.sources.scannet_writer import write_scannet
     from pipeline.sources.synthetic import generate_scene
 

@@ -18,11 +18,11 @@ import lz4.block
 import numpy as np
 import pytest
 
-from pipeline.errors import InputError
-from pipeline.frames import decode_colors, decode_depths
-from pipeline.ply import write_ply
-from pipeline.scene import box_aabb, read_scene as read_canonical, write_scene
-from pipeline.schemas import column_as_array
+from pipeline.core.errors import InputError
+from pipeline.core.frames import decode_colors, decode_depths
+from pipeline.core.ply import write_ply
+from pipeline.core.scene import box_aabb, read_scene as read_canonical, write_scene
+from pipeline.core.schemas import column_as_array
 from pipeline.sources import get_reader
 from pipeline.sources.colmap import (camera_to_world_to_nerfstudio, nerfstudio_to_camera_to_world, qvec_to_rotmat,
                                      read_cameras_txt, read_images_txt, rotmat_to_qvec)

@@ -4,7 +4,9 @@ beat chance."""
 import numpy as np
 import torch
 
-from workers.trainer.data import ByteTokenizer, collate, encode_conversation, user_text
+from workers.trainer.tokenizer import ByteTokenizer
+
+from workers.trainer.data import collate, encode_conversation, user_text
 from workers.trainer.model import ModelConfig, build_model, check_trainable
 
 LETTERS = "ABCD"

@@ -2,7 +2,9 @@
 import pytest
 import torch
 
-from workers.trainer.data import ByteTokenizer, collate, encode_conversation, time_instruction, user_text
+from workers.trainer.tokenizer import ByteTokenizer
+
+from workers.trainer.data import collate, encode_conversation, time_instruction, user_text
 from workers.trainer.fusion import pool_2x2
 from workers.trainer.model import (IGNORE_INDEX, IMAGE_TOKEN_INDEX, TOKENS_PER_FRAME, ModelConfig, add_row_newlines,
                                    build_model)
@@ -104,7 +106,7 @@ def test_a_local_hugging_face_tokenizer_gives_the_same_prompt_and_labels(tmp_pat
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from workers.trainer.data import HFTokenizer
+    from workers.trainer.tokenizer import HFTokenizer
 
     # A byte-level BPE without merges and Qwen's special tokens, saved as a local folder like Qwen2's.
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())

@@ -5,8 +5,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pipeline.errors import InputError
-from workers.trainer.data import ByteTokenizer, collate, encode_conversation, user_text
+from pipeline.core.errors import InputError
+from workers.trainer.tokenizer import ByteTokenizer
+from workers.trainer.data import collate, encode_conversation, user_text
 from workers.trainer.model import (LLAVA_VIDEO_KEY_MAP, ModelConfig, build_model, check_trainable, export_vlm3r,
                                    load_trainables, save_trainables)
 

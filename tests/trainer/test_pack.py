@@ -10,14 +10,16 @@ import pytest
 from PIL import Image
 from trainer_factories import SceneSpec, build_root
 
-from pipeline.atomic import read_json, sha256_file
+from pipeline.core.atomic import read_json, sha256_file
 from pipeline.cli import main as cli_main
-from pipeline.frames import decode_image_bytes
-from pipeline.layout import DatasetRoot
-from pipeline.pack import load_qa, read_qa_counts
-from pipeline.scene import read_manifest
-from pipeline.shards import iter_samples, read_index
-from workers.trainer.data import SceneSample, iter_scene_samples
+from pipeline.core.frames import decode_image_bytes
+from pipeline.core.layout import DatasetRoot
+from pipeline.stages.pack import load_qa
+from pipeline.core.train_samples import read_qa_counts
+from pipeline.core.scene import read_manifest
+from pipeline.core.tokens import iter_samples
+from pipeline.core.shards import read_index
+from pipeline.core.train_samples import SceneSample, iter_scene_samples
 
 SPECS = [SceneSpec("scannet", "scene0000_00", "train", 5),
          SceneSpec("scannet", "scene0001_00", "train", 4, with_jpegs=False),
@@ -119,7 +121,9 @@ def test_a_scene_with_training_and_benchmark_qa_is_a_split_leak(root):
 def test_pack_with_precomputed_vision_features_feeds_the_trainer(root):
     import torch
 
-    from workers.trainer.data import ByteTokenizer, ShardStream, decode_scene, list_train_shards, pixels_from_jpegs
+    from workers.trainer.tokenizer import ByteTokenizer
+
+    from workers.trainer.data import ShardStream, decode_scene, list_train_shards, pixels_from_jpegs
     from workers.trainer.model import ModelConfig, build_model
 
     assert cli_main(["pack", "--root", str(root.path), "--max-shard-mb", SHARD_MB, "--vision-features", "tiny"]) == 0
@@ -142,7 +146,7 @@ def test_pack_with_precomputed_vision_features_feeds_the_trainer(root):
 
 
 def test_a_scene_that_fails_becomes_an_error_row_and_the_rest_is_packed(root):
-    from pipeline.errors import read_errors
+    from pipeline.core.errors import read_errors
 
     shutil.rmtree(root.scene_dir("scannet", "scene0001_00"))
     assert cli_main(["pack", "--root", str(root.path), "--max-shard-mb", SHARD_MB]) == 1
@@ -161,7 +165,7 @@ def _stripes(height=968, width=1296):
 def test_frames_are_squashed_as_siglips_processor_pil_bicubic():
     """SigLIP's image processor (LLaVA's SigLipImageProcessor) squashes with PIL bicubic, as extract does for the
     token shards' JPEGs; pack's fallback, the trainer's resize and the vision-feature encoder must do the same."""
-    from pipeline.pack import jpeg_frames, squash_rgb
+    from pipeline.core.images import jpeg_frames, squash_rgb
     from workers.cut3r.preprocess import squash_uint8
     from workers.trainer.data import pixels_from_jpegs
 
@@ -178,7 +182,7 @@ def test_frames_are_squashed_as_siglips_processor_pil_bicubic():
 
 def test_video_timing_follows_llava_videos_reader():
     """process_video_with_decord: video_time = total_frames / fps, frame_time = frame index / fps."""
-    from pipeline.pack import video_timing
+    from pipeline.core.train_samples import video_timing
 
     fps, total = 24.0, 100
     stamps = 1000.0 + np.arange(total) / fps

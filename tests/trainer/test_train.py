@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from pipeline.cli import main as cli_main
-from pipeline.errors import InputError
-from pipeline.shards import ShardRecord, read_index, write_index
-from workers.trainer.data import ByteTokenizer, ShardStream, list_train_shards, make_loader
+from pipeline.core.errors import InputError
+from pipeline.core.shards import ShardRecord, read_index, write_index
+from workers.trainer.tokenizer import ByteTokenizer
+from workers.trainer.data import ShardStream, list_train_shards, make_loader
 from workers.trainer.model import ModelConfig
 from workers.trainer.train import TrainConfig, lr_at, newest_checkpoint, train
 

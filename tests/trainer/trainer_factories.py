@@ -1,4 +1,4 @@
-"""Tiny dataset roots for the trainer tests: ingested scenes with PNG frames, real token shards (pipeline.shards)
+"""Tiny dataset roots for the trainer tests: ingested scenes with PNG frames, real token shards (pipeline.core.shards)
 and QA JSON lines, all in the real formats."""
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.layout import DatasetRoot, scene_key
-from pipeline.scene import CanonicalScene, frames_columns, objects_table, read_manifest, write_scene
-from pipeline.schemas import FRAMES_SCHEMA, table_from_columns
-from pipeline.shards import ShardWriter, TokenSample, encode_tokens, write_index
+from pipeline.core.layout import DatasetRoot, scene_key
+from pipeline.core.scene import CanonicalScene, frames_columns, objects_table, read_manifest, write_scene
+from pipeline.core.schemas import FRAMES_SCHEMA, table_from_columns
+from pipeline.core.shards import ShardWriter, write_index
+from pipeline.core.tokens import TokenSample, encode_tokens, write_sample
 
 NUM_PATCHES = 729
 TOKEN_WIDTH = 768
@@ -88,7 +89,7 @@ def build_root(path: Path, specs: list[SceneSpec], *, max_shard_bytes: int = 1 <
         write_ingested_scene(root, spec, seed=i)
     with ShardWriter(root.tokens_dir, max_shard_bytes=max_shard_bytes) as writer:
         for i, spec in enumerate(sorted(specs, key=lambda s: s.key)):
-            writer.write(token_sample(root, spec, seed=100 + i))
+            write_sample(writer, token_sample(root, spec, seed=100 + i))
     write_index(root.tokens_dir, writer.records)
     by_split: dict[str, list[dict]] = {}
     for spec in specs:

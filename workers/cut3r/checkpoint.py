@@ -325,7 +325,7 @@ def save_safetensors(model: Cut3rModel, weights_path: str | Path, config_path: s
     """Write ``model`` as safetensors + config JSON (both atomically), readable by :func:`load_model`."""
     from safetensors.torch import save_file
 
-    from pipeline.atomic import atomic_path, write_text
+    from pipeline.core.atomic import atomic_path, write_text
 
     tensors: dict[str, torch.Tensor] = {}
     seen: set[int] = set()

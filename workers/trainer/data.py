@@ -1,6 +1,6 @@
 """Training data: the qwen_1_5 prompt and its labels, and a streaming loader over the packed training shards.
 
-A training-shard sample is one scene (see :mod:`pipeline.pack`): geometry tokens, frames (JPEG) or pre-computed
+A training-shard sample is one scene (see :mod:`pipeline.core.train_samples`): geometry tokens, frames (JPEG) or pre-computed
 vision features, video timing, and all the scene's QA. The loader gives each rank and each loader worker its own
 shards (``shards[rank::world][worker::workers]``, what webdataset's ``split_by_node`` and ``split_by_worker`` do,
 with the rank passed explicitly so it also holds inside loader worker processes), expands every scene into its
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import json
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -23,82 +22,15 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from pipeline.errors import InputError
-from qa_templates.records import answer_for_training, build_prompt
+from pipeline.core.errors import InputError
+from pipeline.core.qa_records import answer_for_training, build_prompt
+from pipeline.core.train_samples import SceneSample, iter_scene_samples
 from workers.trainer.model import IGNORE_INDEX, IMAGE_SIZE, IMAGE_TOKEN_INDEX
+from workers.trainer.tokenizer import IM_END, IM_START
 
 SYSTEM_PROMPT = "You are a helpful assistant."
 IMAGE_TAG = "<image>"
-IM_START, IM_END, END_OF_TEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 MASKING = ("answer", "upstream")
-TRAIN_MEMBERS = ("meta.json", "frames.json", "camera.npy", "patch.npy", "video.json", "qa.json")
-
-
-# ---- tokenizers --------------------------------------------------------------------------------------------------
-
-class ByteTokenizer:
-    """UTF-8 bytes plus Qwen's three special tokens: the tiny model's tokenizer (built in code, nothing to load)."""
-
-    SPECIALS = (END_OF_TEXT, IM_START, IM_END)
-
-    def __init__(self) -> None:
-        self.special_ids = {s: 256 + i for i, s in enumerate(self.SPECIALS)}
-        self.vocab_size = 256 + len(self.SPECIALS)
-        self.pad_id = self.special_ids[END_OF_TEXT]
-        self.im_start_id = self.special_ids[IM_START]
-        self.im_end_id = self.special_ids[IM_END]
-
-    def encode(self, text: str) -> list[int]:
-        ids: list[int] = []
-        for i, part in enumerate(_split_specials(text, self.SPECIALS)):
-            if part in self.special_ids and i % 2 == 1:
-                ids.append(self.special_ids[part])
-            else:
-                ids.extend(part.encode("utf-8"))
-        return ids
-
-    def decode(self, ids: Sequence[int]) -> str:
-        inverse = {v: k for k, v in self.special_ids.items()}
-        out, buf = [], bytearray()
-        for i in ids:
-            if i in inverse:
-                out.append(buf.decode("utf-8", errors="replace") + inverse[i])
-                buf = bytearray()
-            elif 0 <= i < 256:
-                buf.append(i)
-        out.append(buf.decode("utf-8", errors="replace"))
-        return "".join(out)
-
-
-def _split_specials(text: str, specials: Sequence[str]) -> list[str]:
-    """Alternating [text, special, text, special, ...] (odd positions are special tokens)."""
-    import re
-
-    return re.split("(" + "|".join(re.escape(s) for s in specials) + ")", text)
-
-
-class HFTokenizer:
-    """A Hugging Face tokenizer from a local folder (Qwen2's), with the same small interface."""
-
-    def __init__(self, folder: str | Path):
-        from transformers import AutoTokenizer
-
-        self.tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        self.im_start_id = self.tok.convert_tokens_to_ids(IM_START)
-        self.im_end_id = self.tok.convert_tokens_to_ids(IM_END)
-        self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else \
-            self.tok.convert_tokens_to_ids(END_OF_TEXT)
-        self.vocab_size = len(self.tok)
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tok(text, add_special_tokens=False)["input_ids"])
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tok.decode(list(ids), skip_special_tokens=False)
-
-
-def load_tokenizer(base: str) -> ByteTokenizer | HFTokenizer:
-    return ByteTokenizer() if base == "tiny" else HFTokenizer(base)
 
 
 # ---- prompt and labels -------------------------------------------------------------------------------------------
@@ -162,36 +94,10 @@ def encode_conversation(tok: Any, user: str, answer: str | None, masking: str = 
 
 # ---- scene samples from training shards --------------------------------------------------------------------------
 
-@dataclass
-class SceneSample:
-    """One training-shard sample with its members still encoded (tensors are decoded per batch)."""
-
-    key: str
-    members: dict[str, bytes]
-    meta: dict[str, Any]
-    video: dict[str, Any]
-    qa: list[dict[str, Any]]
-    where: str
-
-    @classmethod
-    def from_members(cls, key: str, members: Mapping[str, bytes], where: str) -> "SceneSample":
-        missing = [m for m in TRAIN_MEMBERS if m not in members]
-        if missing:
-            raise InputError(f"{where}:{key}", f"training sample lacks members {missing}")
-        has_frames = any(n.startswith("frame_") for n in members)
-        if not has_frames and "vision.npy" not in members:
-            raise InputError(f"{where}:{key}", "training sample has neither JPEG frames nor vision.npy")
-        try:
-            meta, video, qa = (json.loads(members[m]) for m in ("meta.json", "video.json", "qa.json"))
-        except ValueError as exc:
-            raise InputError(f"{where}:{key}", f"unreadable JSON member ({exc})") from None
-        return cls(key, dict(members), meta, video, qa, where)
-
-
 def decode_scene(sample: SceneSample) -> dict[str, torch.Tensor]:
     """Geometry tokens [T, 1 + N, C] float32 (camera token first) and pixel values [T, 3, 384, 384] (SigLIP's
     normalisation, mean 0.5 std 0.5) or vision features [T, 729, d] float32."""
-    from pipeline.shards import decode_tokens
+    from pipeline.core.tokens import decode_tokens
 
     dtype = sample.meta["dtype"]
     camera = decode_tokens(np.load(io.BytesIO(sample.members["camera.npy"]), allow_pickle=False), dtype)
@@ -218,8 +124,8 @@ def decode_scene(sample: SceneSample) -> dict[str, torch.Tensor]:
 def pixels_from_jpegs(jpegs: Sequence[bytes], where: str) -> np.ndarray:
     """JPEG frames → [T, 3, 384, 384] float32 in [-1, 1] (squashed to 384x384 with PIL bicubic, as SigLIP's
     processor, when another size)."""
-    from pipeline.frames import decode_image_bytes
-    from pipeline.pack import squash_rgb
+    from pipeline.core.frames import decode_image_bytes
+    from pipeline.core.images import squash_rgb
 
     out = np.empty((len(jpegs), 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
     for i, data in enumerate(jpegs):
@@ -269,21 +175,6 @@ def collate(items: Sequence[tuple[list[int], list[int], Mapping[str, torch.Tenso
 def rank_shards(shards: Sequence[str], rank: int, world: int) -> list[str]:
     """A rank's shards (webdataset split_by_node: every world-th shard starting at the rank)."""
     return list(shards[rank::world])
-
-
-def iter_scene_samples(path: str) -> Iterator[SceneSample]:
-    """Scene samples of one training shard, read with webdataset (keys split at the first dot, no decoding)."""
-    import tarfile
-
-    import webdataset as wds
-
-    dataset = wds.WebDataset(path, shardshuffle=False, empty_check=False, nodesplitter=None, workersplitter=None)
-    try:
-        for raw in dataset:
-            yield SceneSample.from_members(raw["__key__"], {k: v for k, v in raw.items() if not k.startswith("__")},
-                                           path)
-    except (tarfile.TarError, ValueError, OSError) as exc:
-        raise InputError(path, f"not a readable training shard ({type(exc).__name__}: {exc})") from None
 
 
 class ShardStream(torch.utils.data.IterableDataset):
@@ -394,8 +285,8 @@ def geometry_token_width(train_dir: str | Path) -> int:
 
 def list_train_shards(train_dir: str | Path) -> tuple[list[str], dict[str, int]]:
     """The training shards listed by the index (paths) and the number of questions in each (``qa_counts.json``)."""
-    from pipeline.pack import read_qa_counts
-    from pipeline.shards import read_index
+    from pipeline.core.shards import read_index
+    from pipeline.core.train_samples import read_qa_counts
 
     train_dir = Path(train_dir)
     index = read_index(train_dir)

@@ -44,7 +44,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 from workers.trainer.fusion import FusionBlock, pool_2x2
 
 IMAGE_TOKEN_INDEX = -200     # placeholder id of <image> in input_ids (LLaVA's convention)
@@ -398,7 +398,7 @@ def check_trainable(model: nn.Module) -> dict[str, int]:
 def _tiny_parts(config: ModelConfig) -> tuple[nn.Module | None, nn.Module, int]:
     from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
-    from workers.trainer.data import ByteTokenizer
+    from workers.trainer.tokenizer import ByteTokenizer
 
     torch.manual_seed(config.tiny_seed)
     tower = None

@@ -13,9 +13,9 @@ from typing import Any, Iterable
 
 import torch
 
-from pipeline.atomic import atomic_open
-from pipeline.errors import InputError
-from pipeline.layout import DatasetRoot
+from pipeline.core.atomic import atomic_open
+from pipeline.core.errors import InputError
+from pipeline.core.layout import DatasetRoot
 from workers.trainer.data import encode_conversation, pixels_from_jpegs, user_text
 from workers.trainer.model import VLM3R
 
@@ -35,7 +35,8 @@ def read_questions(path: Path) -> list[dict[str, Any]]:
 
 def scene_inputs(root: DatasetRoot, sample) -> dict[str, torch.Tensor]:
     """Geometry tokens and pixel values of one token-shard sample (the same preprocessing as training)."""
-    from pipeline.pack import jpeg_frames, scene_frames
+    from pipeline.core.images import jpeg_frames
+    from pipeline.core.train_samples import scene_frames
 
     geometry = torch.cat([torch.from_numpy(sample.camera_tokens()), torch.from_numpy(sample.patch_tokens())], dim=1)
     jpegs = sample.jpegs
@@ -50,8 +51,8 @@ def predict(model: VLM3R, tokenizer: Any, root: DatasetRoot, questions: list[dic
             max_new_tokens: int = 8, time_instruction: bool = False, device: torch.device | None = None) -> int:
     """Answer every question whose scene has tokens; write ``{"id", "prediction"}`` lines sorted by id (atomic).
     Returns the number of predictions (questions without tokens are left to the scorer, which counts them missing)."""
-    from pipeline.pack import scene_frames
-    from pipeline.shards import iter_samples
+    from pipeline.core.train_samples import scene_frames
+    from pipeline.core.tokens import iter_samples
 
     device = device or torch.device("cpu")
     model.eval()

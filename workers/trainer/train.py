@@ -27,9 +27,10 @@ from typing import Any, Mapping
 
 import torch
 
-from pipeline.atomic import read_json, sha256_file, write_json
-from pipeline.errors import InputError
-from workers.trainer.data import list_train_shards, load_tokenizer, make_loader, steps_per_epoch
+from pipeline.core.atomic import read_json, sha256_file, write_json
+from pipeline.core.errors import InputError
+from workers.trainer.data import list_train_shards, make_loader, steps_per_epoch
+from workers.trainer.tokenizer import load_tokenizer
 from workers.trainer.model import (TOKENS_PER_FRAME, ModelConfig, VLM3R, build_model, check_trainable, export_vlm3r,
                                    load_trainables, model_fingerprint, save_trainables, trainables_as_model_state)
 

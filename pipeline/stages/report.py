@@ -23,10 +23,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pipeline.atomic import atomic_path, write_text
-from pipeline.errors import InputError
-from pipeline.layout import DONE_MARKER, DatasetRoot, scene_key
-from pipeline.status import (TRAIN_SHARDS_DIR, RootStatus, iter_qa_records, load_errors, qa_files,
+from pipeline.core.atomic import atomic_path, write_text
+from pipeline.core.errors import InputError
+from pipeline.core.layout import DONE_MARKER, DatasetRoot, scene_key
+from pipeline.stages.status import (TRAIN_SHARDS_DIR, RootStatus, iter_qa_records, load_errors, qa_files,
                              read_json_or_error, root_status, shard_records)
 
 REPORT_DIR = "report"
@@ -192,7 +192,7 @@ def _collect_shards(root: DatasetRoot, token_records: list[dict[str, Any]]) -> l
 
 
 def _collect_routes(root: DatasetRoot) -> tuple[dict[str, int], list[int], list[str]]:
-    from pipeline.schemas import ROUTES_SCHEMA, SchemaError, column_as_array, read_table
+    from pipeline.core.schemas import ROUTES_SCHEMA, SchemaError, column_as_array, read_table
 
     per_scene, turns = {}, []
     for ds, sid in root.scenes():

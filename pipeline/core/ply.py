@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.atomic import atomic_open
-from pipeline.errors import InputError
+from pipeline.core.atomic import atomic_open
+from pipeline.core.errors import InputError
 
 _TYPES = {
     "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",

@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from pipeline.atomic import read_json
-from pipeline.errors import ErrorRow, InputError, read_errors
-from pipeline.layout import DATASETS, DONE_MARKER, DatasetRoot, scene_key
-from pipeline.schemas import SchemaError
+from pipeline.core.atomic import read_json
+from pipeline.core.errors import ErrorRow, InputError, read_errors
+from pipeline.core.layout import DATASETS, DONE_MARKER, DatasetRoot, scene_key
+from pipeline.core.schemas import SchemaError
 
 STAGES = ("ingest", "extract", "graph", "routes", "qa", "pack", "train", "eval")
 # QA splits that are the benchmarks' own scenes (as pipeline/commands/qa.py): they never enter training shards.
@@ -96,7 +96,7 @@ def _marked_dirs(base: Path) -> list[tuple[str, str]]:
 def shard_records(shards_dir: Path) -> list[dict[str, Any]]:
     """The complete shards of a shard folder (tokens or training shards), from their done-markers, by file name.
 
-    A marker counts only when its shard exists with the recorded size (as :func:`pipeline.shards.recover_shards`
+    A marker counts only when its shard exists with the recorded size (as :func:`pipeline.core.shards.recover_shards`
     decides, but without deleting anything). Each record: ``file``, ``keys``, ``size_bytes``, ``sha256``.
     """
     marker_dir = shards_dir / SHARD_MARKER_DIR

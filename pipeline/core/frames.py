@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 
 
 def _read_range(path: str, offset: int, length: int) -> bytes:

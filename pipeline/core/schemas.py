@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.atomic import atomic_path
+from pipeline.core.atomic import atomic_path
 
 
 def _vec(n: int) -> pa.DataType:

@@ -11,7 +11,7 @@ from typing import Iterable
 
 import pyarrow as pa
 
-from pipeline.schemas import ERRORS_SCHEMA, read_table, table_from_columns, write_table
+from pipeline.core.schemas import ERRORS_SCHEMA, read_table, table_from_columns, write_table
 
 
 class InputError(Exception):

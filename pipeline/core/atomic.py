@@ -9,12 +9,19 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 from pathlib import Path
 from typing import IO, Any, Iterator
 
 
+def unique_tmp_name(name: str) -> str:
+    """A temporary file name beside ``name``, unique to this process (pid and a random part, so writers on other
+    hosts sharing the folder never collide either): ``.name.<pid>.<hex>.tmp``."""
+    return f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+
+
 def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    return path.with_name(unique_tmp_name(path.name))
 
 
 @contextlib.contextmanager

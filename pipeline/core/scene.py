@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.atomic import read_json, write_json
-from pipeline.errors import InputError
-from pipeline.layout import DONE_MARKER
-from pipeline.ply import read_ply, write_ply
-from pipeline.schemas import (FRAMES_SCHEMA, MANIFEST_SCHEMA, OBJECTS_SCHEMA, column_as_array, read_table,
+from pipeline.core.atomic import read_json, write_json
+from pipeline.core.errors import InputError
+from pipeline.core.layout import DONE_MARKER
+from pipeline.core.ply import read_ply, write_ply
+from pipeline.core.schemas import (FRAMES_SCHEMA, MANIFEST_SCHEMA, OBJECTS_SCHEMA, column_as_array, read_table,
                               table_from_columns, write_table)
 
 DEFAULT_NUM_FRAMES = 32

@@ -1,0 +1,215 @@
+"""The QA record format, declared once: benchmark JSON lines, their prompt, the LLaVA training conversation, and the
+predictions that answer them.
+
+Benchmark fields are exactly the public files': ``id, dataset, scene_name, question_type, question, options,
+ground_truth`` (VSI-Bench: the letter for multiple choice, the number as text otherwise), plus ``mc_answer`` for
+VSTI-Bench multiple choice (whose ``ground_truth`` is the option text and whose numeric answers are numbers).
+Our extra fields: bench, task, qa_key, scene_key, object_ids, frame_ranks, categories, answer_value (exact, before
+rounding), answer_text, template_version, seed, video_path.
+
+Predictions are JSON lines ``{"id": ..., "prediction": "..."}``. Ids may be ints in one file and strings in the
+other (``12`` vs ``"12"``): they are compared as text.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from pipeline.core.errors import InputError
+
+PRE_PROMPT = "These are frames of a video."
+NA_POST_PROMPT = "Please answer the question using a single word or phrase."
+MCA_POST_PROMPT = "Answer with the option's letter from the given choices directly."
+
+# The evaluators choose the prompt and the metric by question type, never by the presence of ``options``: VLM-3R's
+# VSTI-Bench numeric records carry generated ``options`` and an ``mc_answer`` that the evaluator ignores.
+MCA_QUESTION_TYPES = frozenset({
+    "object_rel_direction_easy", "object_rel_direction_medium", "object_rel_direction_hard", "object_rel_distance",
+    "route_planning", "obj_appearance_order",
+    "obj_obj_relative_pos_nf", "obj_obj_relative_pos_ud", "obj_obj_relative_pos_lr", "camera_obj_rel_dist_v1",
+    "camera_obj_rel_dist_v2", "camera_obj_rel_dist_v3", "camera_movement_direction",
+})
+NA_QUESTION_TYPES = frozenset({
+    "object_abs_distance", "object_counting", "object_size_estimation", "room_size_estimation",
+    "camera_obj_abs_dist", "camera_displacement", "camera_obj_dist_change",
+})
+REQUIRED_FIELDS = ("id", "question_type", "ground_truth")
+
+
+# ---- one record --------------------------------------------------------------------------------------------------
+
+def is_multiple_choice(record: dict[str, Any]) -> bool:
+    """Whether a record is scored and prompted as multiple choice: by its question type for the benchmarks' own types
+    (as the evaluators do), by the presence of options for our extra training forms (``*_mc``, ``*_v2``, ...)."""
+    qtype = record.get("question_type")
+    if qtype in NA_QUESTION_TYPES:
+        return False
+    if qtype in MCA_QUESTION_TYPES:
+        return True
+    return bool(record.get("options"))
+
+
+def correct_letter(record: dict[str, Any]) -> str:
+    """The letter a multiple-choice record expects (VSTI-Bench: mc_answer; VSI-Bench: ground_truth)."""
+    return str(record["mc_answer"] if "mc_answer" in record else record["ground_truth"])
+
+
+def build_prompt(record: dict[str, Any]) -> str:
+    """The prompt exactly as the benchmarks' evaluators build it (doc_to_text with the default pre/post prompts)."""
+    if is_multiple_choice(record):
+        options = "Options:\n" + "\n".join(record["options"])
+        return "\n".join([PRE_PROMPT, record["question"], options, MCA_POST_PROMPT])
+    return PRE_PROMPT + "\n" + record["question"] + "\n" + NA_POST_PROMPT
+
+
+def answer_for_training(record: dict[str, Any]) -> str:
+    """What the assistant says: the option letter for multiple choice, the number for numeric questions."""
+    if is_multiple_choice(record):
+        return correct_letter(record)
+    return str(record["answer_text"] if "answer_text" in record else record["ground_truth"])
+
+
+def llava_conversation(record: dict[str, Any]) -> dict[str, Any]:
+    """One LLaVA-style training sample; the prompt is the evaluation prompt, so training and evaluation agree."""
+    return {
+        "id": record["qa_key"], "data_source": record["dataset"], "scene_name": record["scene_name"],
+        "scene_key": record["scene_key"], "question_type": record["question_type"], "video": record["video_path"],
+        "frame_ranks": record["frame_ranks"],
+        "conversations": [
+            {"from": "human", "value": "<image>\n" + build_prompt(record)},
+            {"from": "gpt", "value": answer_for_training(record)},
+        ],
+    }
+
+
+def dumps_record(record: dict[str, Any]) -> str:
+    """One canonical JSON line (sorted keys, no NaN): identical records give identical bytes."""
+    return json.dumps(record, sort_keys=True, ensure_ascii=False, allow_nan=False, separators=(", ", ": "))
+
+
+def id_key(value: Any) -> str:
+    """A question or prediction id as compared between files (``12`` and ``"12"`` are the same id)."""
+    return str(value)
+
+
+def to_float(text: Any) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+# ---- files -------------------------------------------------------------------------------------------------------
+
+def read_jsonl(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Objects of a JSON-lines file and the problems of the lines that are not JSON objects ("path:line: ...")."""
+    rows, problems = [], []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                problems.append(f"{path}:{number}: not valid JSON ({exc.msg})")
+                continue
+            if not isinstance(obj, dict):
+                problems.append(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
+                continue
+            rows.append(obj)
+    return rows, problems
+
+
+def iter_records(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The records of one of our QA files (``ROOT/qa/<bench>/<split>.jsonl``); a line that is not a record raises
+    InputError naming the file and line."""
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                raise InputError(path, f"line {number}: not JSON ({exc})") from None
+            if not isinstance(record, dict) or "scene_key" not in record or "task" not in record:
+                raise InputError(path, f"line {number}: not a QA record (needs scene_key and task)")
+            yield record
+
+
+def load_questions(path: str | Path) -> list[dict[str, Any]]:
+    """Benchmark records (JSON lines, or one JSON array), validated: every question has an id, a type and a ground
+    truth that its kind can score, and ids are unique. A malformed question file is an error, never a count."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "question file not found")
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(path, f"not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+        problems = [] if isinstance(rows, list) and all(isinstance(r, dict) for r in rows) else ["not a list of objects"]
+    else:
+        rows, problems = read_jsonl(path)
+    if problems:
+        raise InputError(path, "; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""))
+    seen: set[str] = set()
+    for i, q in enumerate(rows):
+        lacking = [k for k in REQUIRED_FIELDS if k not in q]
+        if lacking:
+            raise InputError(path, f"question {i + 1} lacks {lacking}")
+        if is_multiple_choice(q) and "mc_answer" not in q and not isinstance(q["ground_truth"], str):
+            raise InputError(path, f"question id {q['id']}: multiple-choice ground_truth must be a letter")
+        if not is_multiple_choice(q):
+            target = to_float(str(q["ground_truth"]))
+            if target is None or not target > 0:
+                raise InputError(path, f"question id {q['id']}: numeric ground_truth must be a positive number, "
+                                       f"got {q['ground_truth']!r}")
+        key = id_key(q["id"])
+        if key in seen:
+            raise InputError(path, f"duplicate question id {q['id']}")
+        seen.add(key)
+    return rows
+
+
+@dataclass
+class Predictions:
+    """A predictions file as read: id -> text, and every problem found on the way."""
+
+    path: str
+    by_id: dict[str, str] = field(default_factory=dict)
+    malformed: list[str] = field(default_factory=list)     # "path:line: problem"
+    duplicates: list[str] = field(default_factory=list)    # ids given more than once (every repeat)
+
+
+def load_predictions(path: str | Path) -> Predictions:
+    """A predictions JSON-lines file (``{"id": ..., "prediction": "..."}`` per line). Malformed lines and repeated
+    ids are collected, never silently resolved: the caller decides (``eval`` refuses them)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "prediction file not found")
+    out = Predictions(str(path))
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                out.malformed.append(f"{path}:{number}: not valid JSON ({exc.msg})")
+                continue
+            if not isinstance(row, dict) or "id" not in row or not isinstance(row.get("prediction"), str):
+                out.malformed.append(f"{path}:{number}: needs an 'id' and a string 'prediction'")
+                continue
+            key = id_key(row["id"])
+            if key in out.by_id:
+                out.duplicates.append(key)
+                continue
+            out.by_id[key] = row["prediction"]
+    return out
+
+
+def dumps_prediction(question_id: Any, prediction: str) -> str:
+    return json.dumps({"id": question_id, "prediction": prediction}, sort_keys=True, ensure_ascii=False)

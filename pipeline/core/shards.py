@@ -1,0 +1,345 @@
+"""Shard sets: WebDataset tar files of samples, one done-marker per complete shard, and an index.
+
+```
+DIR/shard-000000.tar        samples; a sample is the tar members ``<key>.<member>`` written together
+DIR/_done/shard-000000.json done-marker of a complete shard: keys, size, sha256, run identity, per-key entries
+DIR/index.json              every complete shard (file, keys, size, sha256), rebuilt from the markers
+```
+
+The token shards (:mod:`pipeline.core.tokens`) and the training shards (:mod:`pipeline.core.train_samples`) are
+both shard sets. Shards are byte-reproducible: members are written with tarfile (USTAR) with a fixed mtime, uid/gid 0,
+empty user and group names and mode 0444, and every payload is serialised deterministically. A shard is written to
+a temporary name unique to the writing process, renamed when complete, and only then gets its done-marker, so a
+marker always names a complete file.
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from pipeline.core.atomic import read_json, sha256_file, unique_tmp_name, write_json
+from pipeline.core.errors import InputError
+from pipeline.core.layout import MARKER_DIR
+
+SHARD_PATTERN = "shard-{:06d}.tar"
+SHARD_RE = re.compile(r"^shard-(\d{6})\.tar$")
+INDEX_NAME = "index.json"
+INDEX_FORMAT = "vlm3r-tokens"
+INDEX_FORMAT_VERSION = 1
+TAR_MTIME = 0  # fixed member mtime (seconds since the epoch): same inputs give byte-identical shards
+_TAR_BLOCK = 512
+
+
+class ShardError(InputError):
+    """A shard, sample, index or marker that is malformed or does not match what the caller expects."""
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """A ``.npy`` payload (no pickle; deterministic bytes for the same array)."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def load_npy(data: bytes, where: str) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ShardError(where, f"not a readable .npy array ({exc})") from None
+
+
+# ---- writing -----------------------------------------------------------------------------------------------------
+
+def shard_name(index: int) -> str:
+    return SHARD_PATTERN.format(index)
+
+
+def marker_path(shards_dir: Path, file_name: str) -> Path:
+    return Path(shards_dir) / MARKER_DIR / (Path(file_name).stem + ".json")
+
+
+def _padded(size: int) -> int:
+    return -(-size // _TAR_BLOCK) * _TAR_BLOCK
+
+
+def _closed_tar_size(offset: int) -> int:
+    """Size of a tar file whose members end at ``offset`` once closed: tarfile appends two zero blocks and pads the
+    archive to a whole record (``tarfile.RECORDSIZE`` = 20 blocks)."""
+    end = offset + 2 * _TAR_BLOCK
+    return -(-end // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
+
+
+def _tar_info(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = TAR_MTIME
+    info.mode = 0o444
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.type = tarfile.REGTYPE
+    return info
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    """A complete shard as its done-marker and the index describe it."""
+
+    file: str                             # file name inside the shard folder
+    keys: tuple[str, ...]
+    size_bytes: int
+    sha256: str
+    identity: dict[str, Any] = field(default_factory=dict, compare=False)  # the run's identity (model, config)
+    sources: dict[str, str] = field(default_factory=dict, compare=False)   # key -> meta source_sha256
+
+    @property
+    def index(self) -> int:
+        match = SHARD_RE.match(self.file)
+        assert match, self.file
+        return int(match.group(1))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "keys": list(self.keys), "num_samples": len(self.keys),
+                "size_bytes": self.size_bytes, "sha256": self.sha256}
+
+
+class ShardWriter:
+    """Writes samples into ``shards_dir/shard-%06d.tar``, starting a new shard before a sample that would take the
+    current one past ``max_shard_bytes`` (the size of the closed file, tar padding included; a shard holds at least one
+    sample, so one huge sample gets its own).
+
+    A shard is written as ``.shard-XXXXXX.tar.tmp``, renamed when full (or at :meth:`close`), then its done-marker is
+    written with ``identity`` (the run's model and config). Used as a context manager: an exception leaves no partial
+    shard under a final name (the temporary file is removed), exactly like a killed run.
+    """
+
+    def __init__(self, shards_dir: str | os.PathLike, *, max_shard_bytes: int, first_index: int = 0,
+                 identity: Mapping[str, Any] | None = None):
+        if max_shard_bytes <= 0:
+            raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
+        self.shards_dir = Path(shards_dir)
+        self.max_shard_bytes = int(max_shard_bytes)
+        self.next_index = int(first_index)
+        self.identity = dict(identity or {})
+        self.records: list[ShardRecord] = []
+        self._tar: tarfile.TarFile | None = None
+        self._tmp: Path | None = None
+        self._file: str | None = None
+        self._keys: list[str] = []
+        self._sources: dict[str, str] = {}
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def _open(self) -> None:
+        self.shards_dir.mkdir(parents=True, exist_ok=True)
+        self._file = shard_name(self.next_index)
+        self.next_index += 1
+        self._tmp = self.shards_dir / unique_tmp_name(self._file)
+        self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)
+        self._keys = []
+        self._sources = {}
+
+    def write_members(self, key: str, members: list[tuple[str, bytes]], source: str | None = None) -> None:
+        """Append one sample given as ready ``(member name, bytes)`` pairs, rolling over to a new shard first when
+        the sample would push the current one past ``max_shard_bytes``. ``source``: the digest of what the sample
+        was made from, recorded per key in the shard's marker."""
+        if "." in key or any(not name.startswith(key + ".") for name, _ in members):
+            raise ValueError(f"sample key {key!r} has a dot or its members are not named {key}.<member>")
+        sample_bytes = sum(_TAR_BLOCK + _padded(len(data)) for _, data in members)
+        if self._tar is not None and self._keys and \
+                _closed_tar_size(self._tar.offset + sample_bytes) > self.max_shard_bytes:
+            self._finish()
+        if self._tar is None:
+            self._open()
+        assert self._tar is not None
+        for name, data in members:
+            self._tar.addfile(_tar_info(name, len(data)), io.BytesIO(data))
+        self._keys.append(key)
+        if source is not None:
+            self._sources[key] = str(source)
+
+    def _finish(self) -> None:
+        assert self._tar is not None and self._tmp is not None and self._file is not None
+        self._tar.close()
+        self._tar = None
+        with open(self._tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        final = self.shards_dir / self._file
+        os.replace(self._tmp, final)
+        record = ShardRecord(self._file, tuple(self._keys), final.stat().st_size, sha256_file(final), self.identity,
+                             dict(self._sources))
+        write_json(marker_path(self.shards_dir, self._file),
+                   {**record.to_json(), "identity": self.identity, "sources": record.sources})
+        self.records.append(record)
+        self._tmp = self._file = None
+        self._keys = []
+        self._sources = {}
+
+    def close(self) -> list[ShardRecord]:
+        """Finish the current shard; returns the records of every shard this writer completed."""
+        if self._tar is not None:
+            self._finish()
+        return list(self.records)
+
+    def abort(self) -> None:
+        """Drop the shard being written (its samples are redone by the next run)."""
+        if self._tar is not None:
+            self._tar.close()
+            self._tar = None
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
+
+
+# ---- markers, recovery and the index -----------------------------------------------------------------------------
+
+@dataclass
+class ShardState:
+    """What a tokens folder holds after :func:`recover_shards`."""
+
+    records: list[ShardRecord]            # complete shards, by index
+    removed: list[str]                    # debris that was deleted (temporary files, shards without a marker, ...)
+
+    @property
+    def keys(self) -> set[str]:
+        return {k for r in self.records for k in r.keys}
+
+    @property
+    def next_index(self) -> int:
+        return max((r.index for r in self.records), default=-1) + 1
+
+
+def read_marker(path: Path) -> ShardRecord:
+    try:
+        data = read_json(path)
+        return ShardRecord(str(data["file"]), tuple(data["keys"]), int(data["size_bytes"]), str(data["sha256"]),
+                           dict(data.get("identity", {})), dict(data.get("sources", {})))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ShardError(path, f"unreadable shard done-marker ({exc})") from None
+
+
+def recover_shards(shards_dir: str | os.PathLike, *, verify_sha256: bool = False) -> ShardState:
+    """Make ``shards_dir`` consistent before a run: keep the shards whose marker matches the file (size, and the
+    sha256 with ``verify_sha256``), delete temporary files, shards without a marker and markers without a shard.
+
+    A killed run leaves at most a temporary file and possibly one renamed shard without its marker; both are deleted
+    here, so their scenes are extracted again and every scene ends up in exactly one complete shard.
+    """
+    shards_dir = Path(shards_dir)
+    removed: list[str] = []
+    if not shards_dir.is_dir():
+        return ShardState([], removed)
+    for tmp in sorted(shards_dir.glob(".*.tmp")):
+        tmp.unlink()
+        removed.append(tmp.name)
+    records: dict[str, ShardRecord] = {}
+    for marker in sorted((shards_dir / MARKER_DIR).glob("*.json")):
+        record = read_marker(marker)
+        shard = shards_dir / record.file
+        ok = SHARD_RE.match(record.file) is not None and marker == marker_path(shards_dir, record.file) \
+            and shard.is_file() and shard.stat().st_size == record.size_bytes \
+            and (not verify_sha256 or sha256_file(shard) == record.sha256)
+        if ok:
+            records[record.file] = record
+        else:
+            marker.unlink()
+            removed.append(f"{MARKER_DIR}/{marker.name}")
+    for shard in sorted(shards_dir.glob("shard-*.tar")):
+        if shard.name not in records:
+            shard.unlink()
+            removed.append(shard.name)
+    ordered = sorted(records.values(), key=lambda r: r.index)
+    seen: dict[str, str] = {}
+    for record in ordered:
+        for key in record.keys:
+            if key in seen:
+                raise ShardError(shards_dir / record.file, f"sample {key!r} is also in {seen[key]}")
+            seen[key] = record.file
+    return ShardState(ordered, removed)
+
+
+def index_path(shards_dir: str | os.PathLike) -> Path:
+    return Path(shards_dir) / INDEX_NAME
+
+
+def write_index(shards_dir: str | os.PathLike, records: Sequence[ShardRecord],
+                identity: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``index.json`` atomically: every shard's file name, sample keys, size and sha256."""
+    records = sorted(records, key=lambda r: r.index)
+    index = {
+        "format": INDEX_FORMAT, "format_version": INDEX_FORMAT_VERSION,
+        "num_shards": len(records), "num_samples": sum(len(r.keys) for r in records),
+        "identity": dict(identity or {}),
+        "shards": [r.to_json() for r in records],
+    }
+    write_json(index_path(shards_dir), index)
+    return index
+
+
+def read_index(shards_dir: str | os.PathLike) -> dict[str, Any]:
+    path = index_path(shards_dir)
+    if not path.is_file():
+        raise ShardError(path, "shard index not found (run `vlm3r-data extract` first)")
+    try:
+        index = read_json(path)
+    except (OSError, ValueError) as exc:
+        raise ShardError(path, f"unreadable shard index ({exc})") from None
+    if index.get("format") != INDEX_FORMAT or index.get("format_version") != INDEX_FORMAT_VERSION:
+        raise ShardError(path, f"not a {INDEX_FORMAT} v{INDEX_FORMAT_VERSION} index "
+                               f"(format {index.get('format')!r} v{index.get('format_version')!r})")
+    return index
+
+
+def checked_shards(shards_dir: str | os.PathLike, *, verify_sha256: bool = True,
+                   shards: Iterable[str] | None = None) -> Iterator[tuple[Path, list[str]]]:
+    """(path, keys the index lists) of every shard in ``shards_dir/index.json``, in index order, after checking that
+    the file exists with the listed size (and sha256 with ``verify_sha256``). ``shards`` restricts to these files."""
+    shards_dir = Path(shards_dir)
+    index = read_index(shards_dir)
+    wanted = set(shards) if shards is not None else None
+    for entry in index["shards"]:
+        if wanted is not None and entry["file"] not in wanted:
+            continue
+        path = shards_dir / entry["file"]
+        if not path.is_file():
+            raise ShardError(path, "listed in index.json but missing")
+        if path.stat().st_size != entry["size_bytes"]:
+            raise ShardError(path, f"size {path.stat().st_size} bytes, index.json says {entry['size_bytes']}")
+        if verify_sha256 and sha256_file(path) != entry["sha256"]:
+            raise ShardError(path, "sha256 differs from index.json (the shard was modified or corrupted)")
+        yield path, list(entry["keys"])
+
+
+def iter_raw_samples(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, member suffix -> bytes) of every sample of one shard, read with webdataset (keys split at the first dot,
+    no decoding). A truncated or garbled tar raises ShardError naming the file."""
+    import webdataset as wds
+
+    path = Path(path)
+    if not path.is_file():
+        raise ShardError(path, "shard file not found")
+    dataset = wds.WebDataset(str(path), shardshuffle=False, empty_check=False, nodesplitter=None,
+                             workersplitter=None)
+    try:
+        for raw in dataset:
+            yield raw["__key__"], {k: v for k, v in raw.items() if not k.startswith("__")}
+    except (tarfile.TarError, ValueError, OSError) as exc:
+        raise ShardError(path, f"not a readable shard ({type(exc).__name__}: {exc})") from None
+
+
+def shard_paths(shards_dir: str | os.PathLike) -> list[str]:
+    """The shard files listed in the index, in order (the URLs to give webdataset)."""
+    return [str(Path(shards_dir) / entry["file"]) for entry in read_index(shards_dir)["shards"]]
