@@ -18,3 +18,11 @@ def world_to_camera(points, camera_to_world: np.ndarray) -> np.ndarray:
     The camera centre is the pose's translation ``camera_to_world[:3, 3]``."""
     rotation = camera_to_world[:3, :3]
     return (np.asarray(points, dtype=np.float64) - camera_to_world[:3, 3]) @ rotation
+
+
+def length(vector) -> float:
+    """Euclidean length of one vector, summed in index order. ``np.linalg.norm`` of a 1-D vector switched to a dot
+    product (BLAS, fused multiply-adds) in NumPy 2.4, which moves the last bit of some answers; an explicit sum of
+    squares gives the same bits on every NumPy."""
+    v = np.asarray(vector, dtype=np.float64)
+    return float(np.sqrt(np.sum(v * v)))

@@ -9,7 +9,7 @@ import numpy as np
 
 from qa_templates.candidate import Candidate, reject
 from qa_templates.config import QAConfig
-from qa_templates.geometry import floor_angle_deg
+from qa_templates.geometry import floor_angle_deg, length
 from qa_templates.sampling import draw_budget, random_subsets
 from qa_templates.scene_view import SceneView, as_view
 from scene_graph.graph import SceneGraph
@@ -105,7 +105,7 @@ def generate_rel_direction(graph: SceneGraph | SceneView, rng: np.random.Generat
             positioning, orienting, querying = list(permutations(triple))[int(p_index)]
             origin = view.centroid[positioning]
             facing = view.centroid[orienting]
-            if np.linalg.norm(facing[:2] - origin[:2]) < 1e-6:
+            if length(facing[:2] - origin[:2]) < 1e-6:
                 reject(rejected, "positioning and orienting objects at the same floor position")
                 continue
             points = np.vstack([view.centroid[querying][None], view.corners(querying)])   # [9, 3]: centroid, corners

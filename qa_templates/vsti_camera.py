@@ -10,7 +10,7 @@ import numpy as np
 
 from qa_templates.candidate import Candidate, reject
 from qa_templates.config import QAConfig
-from qa_templates.geometry import world_to_camera
+from qa_templates.geometry import length, world_to_camera
 from qa_templates.sampling import draw_budget, random_subsets
 from qa_templates.scene_view import SceneView, as_view
 from scene_graph.geometry import point_box_distance
@@ -155,7 +155,7 @@ def generate_displacement(graph: SceneGraph | SceneView, rng: np.random.Generato
     out: list[Candidate] = []
     for k in rng.permutation(len(pairs)):
         i, j = pairs[k]
-        d_m = float(np.linalg.norm(view.camera_centre(j) - view.camera_centre(i)))
+        d_m = length(view.camera_centre(j) - view.camera_centre(i))
         if not cfg.displacement_min_m <= d_m <= cfg.displacement_max_m:
             reject(rejected, f"displacement outside [{cfg.displacement_min_m}, {cfg.displacement_max_m}] m")
             continue
@@ -200,7 +200,7 @@ def generate_movement_direction(graph: SceneGraph | SceneView, rng: np.random.Ge
         distractors = [wrong[t] for t in rng.choice(len(wrong), size=num_options - 1, replace=False)]
         out.append(Candidate(question_type,
                              MOVEMENT_TEMPLATE.replace("{start}", view.frame_label(i)).replace("{end}", view.frame_label(j)),
-                             answer, float(np.linalg.norm(displacement_cam[[0, 2]])), options=[answer] + distractors,
+                             answer, length(displacement_cam[[0, 2]]), options=[answer] + distractors,
                              frame_ranks=(int(view.frame_rank[i]), int(view.frame_rank[j])), choice_join="sentence"))
         if cfg.max_per_scene_task and len(out) >= cfg.max_per_scene_task:
             break

@@ -626,6 +626,13 @@ def save_trainables(model: VLM3R, folder: Path, state: Mapping[str, torch.Tensor
         save_file({k: v.detach().cpu().contiguous() for k, v in adapter.items()}, str(folder / ADAPTER_WEIGHTS),
                   metadata={"format": "pt"})
         model.lm.peft_config["default"].save_pretrained(str(folder))
+        # peft writes target_modules from a set, in an order that changes with Python's hash seed: sort it so the
+        # same run writes the same bytes.
+        config_path = folder / "adapter_config.json"
+        config = json.loads(config_path.read_text())
+        if isinstance(config.get("target_modules"), list):
+            config["target_modules"] = sorted(config["target_modules"])
+            config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     non_lora = non_lora_state(model) if state is None else \
         {k: v.detach().cpu().contiguous() for k, v in state.items() if k.startswith(("fusion.", "projector."))}
     save_file(non_lora, str(folder / NON_LORA_WEIGHTS), metadata={"format": "pt"})
