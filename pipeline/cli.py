@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit status: 0 done, 1 some inputs failed (error rows), 2 refused (a wrong
+    argument, path, root or configuration: a message, never a traceback)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = available_commands()
     if not argv or argv[0] not in commands:
@@ -71,14 +73,35 @@ def main(argv: list[str] | None = None) -> int:
     )
     module.add_arguments(parser)
     args = parser.parse_args(rest)
+    args.argv = [command, *rest]
+    return _run(command, module, args)
+
+
+def _run(command: str, module, args: argparse.Namespace) -> int:
     from pipeline.config import ConfigError
+    from pipeline.core.errors import InputError
     from pipeline.core.layout import DatasetRootError
+    from pipeline.core.lock import LockError
+    from pipeline.stages.contract import BookkeepingFailed, StageRefused
 
     try:
         return int(module.run(args) or 0)
-    except (DatasetRootError, ConfigError) as exc:  # a wrong root or config: a message, not a traceback
+    except (StageRefused, LockError, DatasetRootError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except InputError as exc:             # an input of the whole command is unusable (a file named in the message)
+        print(f"error: {command}: {exc}", file=sys.stderr)
+        return 2
+    except BookkeepingFailed:             # already said in one line
+        return 1
+    except OSError as exc:                # a read-only root, a full disk, a path that is not a folder, ...
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"error: {command}: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2 if isinstance(exc, (PermissionError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+                                     FileExistsError)) else 1
+    except KeyboardInterrupt:
+        print(f"\n{command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -30,9 +30,11 @@ from typing import Any
 
 import yaml
 
-from pipeline.core.layout import DATASETS
+from pipeline.core.layout import DATASETS, STAGES
 
-STAGE_ORDER = ("ingest", "extract", "graph", "routes", "qa", "pack", "train", "eval")
+# The stage commands ``run`` runs, in pipeline order (import-meta is an alternative to ingest + graph; predict runs
+# inside train with its --predict option).
+STAGE_ORDER = tuple(stage for stage in STAGES if stage not in ("import-meta", "predict"))
 
 
 class ConfigError(ValueError):

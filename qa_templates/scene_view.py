@@ -11,7 +11,7 @@ from pipeline.core.errors import InputError
 from pipeline.core.layout import scene_key
 from pipeline.core.schemas import column_as_array
 from scene_graph.geometry import box_corners, pairwise_box_distances
-from scene_graph.graph import SceneGraph
+from scene_graph.graph import INCONSISTENT_KEY, SceneGraph
 
 # Structural "objects" that no benchmark asks about.
 EXCLUDED_CATEGORIES = frozenset({"", "wall", "floor", "ceiling"})
@@ -33,6 +33,9 @@ class SceneView:
     camera_to_world: np.ndarray    # [F, 4, 4]
     frame_valid: np.ndarray        # [F] bool: finite pose
     visible: dict[int, np.ndarray] # rank -> sorted object row indices visible in that frame
+    # Categories whose declared count disagrees with their boxes (imported metadata): never counted, never a unique
+    # object, never a candidate measured to its closest instance (an instance may be missing).
+    uncertain: frozenset = frozenset()
     _distances: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -45,12 +48,13 @@ class SceneView:
 
     @property
     def category_counts(self) -> Counter:
-        return Counter(self.category.tolist())
+        """Instances per category, for the categories whose count is certain."""
+        return Counter(c for c in self.category.tolist() if c not in self.uncertain)
 
     def unique_rows(self) -> np.ndarray:
         """Rows of the objects that are the only instance of their category, sorted by category name."""
         counts = self.category_counts
-        rows = [i for i, c in enumerate(self.category) if counts[c] == 1]
+        rows = [i for i, c in enumerate(self.category) if counts.get(c) == 1]
         return np.array(sorted(rows, key=lambda i: self.category[i]), dtype=np.int64)
 
     def rows_of(self, category: str) -> np.ndarray:
@@ -135,6 +139,7 @@ def build_view(graph: SceneGraph, min_visible_pixels: int = 1) -> SceneView:
         frame_rank=rank, timestamp=column_as_array(frames, "timestamp").astype(np.float64),
         camera_to_world=c2w, frame_valid=declared_valid & finite,
         visible={r: np.array(sorted(set(rows)), dtype=np.int64) for r, rows in visible.items()},
+        uncertain=frozenset(str(c) for c in (graph.room or {}).get(INCONSISTENT_KEY, {})),
     )
 
 

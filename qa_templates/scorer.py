@@ -1,6 +1,7 @@
 """The benchmarks' scoring rules, reproduced exactly (thinking-in-space ``vsibench/utils.py`` and VLM-3R's
-``vstibench/utils.py``), with the bookkeeping they lack: missing predictions count as wrong and are reported,
-unknown ids and malformed lines are counted with their line numbers.
+``vstibench/utils.py``), with the checks they lack: a predictions file with malformed lines, duplicate ids, ids
+that are no question or (unless allowed) questions without a prediction is refused with the counts, never scored
+with the first duplicate silently winning.
 
 - Multiple choice or numeric is decided by the question type, as the evaluators do (VLM-3R's VSTI-Bench numeric
   records carry ``options`` and an ``mc_answer`` that are ignored); types unknown to both evaluators (our extra
@@ -21,7 +22,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from pipeline.core.qa_records import correct_letter, id_key, is_multiple_choice, load_predictions, load_questions, to_float
+from pipeline.core.errors import InputError
+from pipeline.core.qa_records import (Predictions, correct_letter, id_key, is_multiple_choice, load_predictions,
+                                      load_questions, to_float)
 
 DIRECTION_TYPES = ("object_rel_direction_easy", "object_rel_direction_medium", "object_rel_direction_hard")
 DIRECTION_KEY = "object_rel_direction"
@@ -67,7 +70,7 @@ class ScoreReport:
     counts: dict[str, int]                     # questions per type
     missing: int = 0                           # questions without a prediction (scored 0)
     unknown_ids: int = 0                       # prediction ids that match no question
-    duplicate_ids: int = 0                     # repeated prediction ids (the first one counts)
+    duplicate_ids: int = 0                     # repeated prediction ids
     malformed_lines: list[str] = field(default_factory=list)   # "path:line: problem"
 
     def to_json(self) -> dict[str, Any]:
@@ -128,10 +131,35 @@ def score(questions: list[dict[str, Any]], predictions: dict[Any, str], bench: s
                        unknown_ids=sum(1 for k in predictions if k not in known))
 
 
-def score_files(questions_path: str | Path, predictions_path: str | Path, bench: str | None = None) -> ScoreReport:
+class ScoringRefused(InputError):
+    """The predictions cannot be scored as they are; the message counts every problem."""
+
+
+def check_predictions(report: ScoreReport, predictions: Predictions, allow_missing: bool = False) -> list[str]:
+    """What refuses a predictions file: malformed lines, duplicate ids (always), ids that are no question, and
+    questions without a prediction (unless ``allow_missing``: then they score as wrong, lmms-eval's worst case)."""
+    problems = []
+    if predictions.malformed:
+        problems.append(f"{len(predictions.malformed)} malformed line(s) (first: {predictions.malformed[0]})")
+    if predictions.duplicates:
+        shown = ", ".join(repr(d) for d in sorted(set(predictions.duplicates))[:5])
+        problems.append(f"{len(predictions.duplicates)} duplicate id(s) ({shown})")
+    if report.unknown_ids:
+        problems.append(f"{report.unknown_ids} id(s) that are no question of the file")
+    if report.missing and not allow_missing:
+        problems.append(f"{report.missing} question(s) without a prediction (--allow-missing scores them as wrong)")
+    return problems
+
+
+def score_files(questions_path: str | Path, predictions_path: str | Path, bench: str | None = None, *,
+                allow_missing: bool = False) -> ScoreReport:
+    """Score a predictions file strictly: any problem :func:`check_predictions` finds raises ScoringRefused."""
     questions = load_questions(questions_path)
     predictions = load_predictions(predictions_path)
     report = score(questions, predictions.by_id, bench)
     report.malformed_lines = predictions.malformed
     report.duplicate_ids = len(predictions.duplicates)
+    problems = check_predictions(report, predictions, allow_missing)
+    if problems:
+        raise ScoringRefused(predictions_path, "; ".join(problems))
     return report

@@ -3,13 +3,12 @@ which object is visible in which frame, and room measures. Every QA task is a pu
 
 On disk (``ROOT/graph/<dataset>/<scene_id>/``): ``objects.parquet`` (GRAPH_OBJECTS_SCHEMA), ``frames.parquet``
 (GRAPH_FRAMES_SCHEMA), ``visibility.parquet`` (VISIBILITY_SCHEMA), ``room.json``, and the done-marker written last
-(dataset, scene id, split, stats, file hashes, input hash and config).
+by the stage (its stats: dataset, scene id, split, counts and file hashes).
 
 :func:`build_scene_graph` is pure (arrays in, tables out); :func:`write_graph` / :func:`read_graph` do the I/O.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +19,8 @@ import pyarrow as pa
 
 from pipeline.core.atomic import read_json, sha256_file, write_json
 from pipeline.core.errors import InputError
-from pipeline.core.layout import DATASETS, DONE_MARKER
+from pipeline.core.layout import DONE_MARKER
+from pipeline.core.markers import read_marker
 from pipeline.core.scene import CanonicalScene, finite_pose_mask
 from pipeline.core.schemas import (GRAPH_FRAMES_SCHEMA, GRAPH_OBJECTS_SCHEMA, OBJECTS_SCHEMA, VISIBILITY_SCHEMA,
                               column_as_array, read_table, table_from_columns, write_table)
@@ -30,6 +30,9 @@ GRAPH_FILES = ("objects.parquet", "frames.parquet", "visibility.parquet", "room.
 # The NumPy seed VLM-3R's metadata scripts set before calculate_room_area draws its 10,000 floor points:
 # --random_seed defaults 42 (scannet_metadata.py, scannetpp_metadata.py) and 0 (arkitscenes_metadata.py).
 VLM3R_FLOOR_SEEDS = {"scannet": 42, "scannetpp": 42, "arkitscenes": 0}
+# room.json of an imported graph: {category: {"declared", "boxes"}} where the metadata's object_counts disagree
+# with its boxes (such categories are kept out of counting and of tasks that need a unique object).
+INCONSISTENT_KEY = "inconsistent_categories"
 SOURCE_MASK = "instance_mask"
 SOURCE_PROJECTION = "mesh_projection"
 
@@ -62,7 +65,7 @@ class SceneGraph:
 
 @dataclass(frozen=True)
 class GraphConfig:
-    """Every knob of the graph stage; its dict goes into each marker and into info.json."""
+    """Every knob of the graph builder; its dict is the graph stage's configuration (in every marker and info.json)."""
     depth_tolerance: float = 0.2          # relative: a surface point is visible where |z - depth| <= tol * depth (VLM-3R)
     near_m: float = 0.05                  # near clipping plane of the rasteriser (metres)
     max_raster_pixels: int = 640 * 480    # raster grid cap when no depth map fixes the grid
@@ -451,10 +454,9 @@ def graph_stats(graph: SceneGraph) -> dict[str, Any]:
     }
 
 
-def write_graph(graph_dir: str | Path, graph: SceneGraph, input_hash: str = "",
-                config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write the four graph files atomically (schema-validated), then the done-marker with identity, stats, file
-    hashes, ``input_hash`` and ``config``. Returns the marker's content."""
+def write_graph(graph_dir: str | Path, graph: SceneGraph) -> dict[str, Any]:
+    """Write the four graph files atomically (schema-validated); any old done-marker is removed first (the caller
+    writes the new one last). Returns the stats: identity, counts and the sha256 of every file."""
     graph_dir = Path(graph_dir)
     graph_dir.mkdir(parents=True, exist_ok=True)
     (graph_dir / DONE_MARKER).unlink(missing_ok=True)
@@ -462,51 +464,29 @@ def write_graph(graph_dir: str | Path, graph: SceneGraph, input_hash: str = "",
     write_table(graph_dir / "frames.parquet", graph.frames, GRAPH_FRAMES_SCHEMA)
     write_table(graph_dir / "visibility.parquet", graph.visibility, VISIBILITY_SCHEMA)
     write_json(graph_dir / "room.json", graph.room)
-    marker = {
-        "dataset": graph.dataset, "scene_id": graph.scene_id, "split": graph.split,
-        "stats": graph_stats(graph), "input_hash": input_hash, "config": config or {},
-        "sha256": {name: sha256_file(graph_dir / name) for name in GRAPH_FILES},
-    }
-    write_json(graph_dir / DONE_MARKER, marker)
-    return marker
+    return {"dataset": graph.dataset, "scene_id": graph.scene_id, "split": graph.split, **graph_stats(graph),
+            "sha256": {name: sha256_file(graph_dir / name) for name in GRAPH_FILES}}
 
 
-def graph_marker(graph_dir: str | Path) -> dict[str, Any] | None:
-    """The done-marker of a complete graph, or None."""
+def graph_info(graph_dir: str | Path) -> dict[str, Any] | None:
+    """What the done-marker of a complete graph says of it (dataset, scene_id, split, counts, sha256), or None."""
     path = Path(graph_dir) / DONE_MARKER
-    return read_json(path) if path.exists() else None
+    return read_marker(path).stats if path.exists() else None
 
 
 def read_graph(graph_dir: str | Path, verify: bool = False) -> SceneGraph:
     """Read a complete graph (tables validated against their schemas); ``verify`` also checks the file hashes."""
     graph_dir = Path(graph_dir)
-    marker = graph_marker(graph_dir)
-    if marker is None:
+    info = graph_info(graph_dir)
+    if info is None:
         raise FileNotFoundError(f"{graph_dir}: not a complete scene graph (no {DONE_MARKER})")
     if verify:
-        for name, digest in marker["sha256"].items():
+        for name, digest in info["sha256"].items():
             if sha256_file(graph_dir / name) != digest:
                 raise InputError(graph_dir / name, "content differs from the sha256 in the done-marker")
     return SceneGraph(
-        dataset=marker["dataset"], scene_id=marker["scene_id"], split=marker["split"],
+        dataset=info["dataset"], scene_id=info["scene_id"], split=info["split"],
         objects=read_table(graph_dir / "objects.parquet", GRAPH_OBJECTS_SCHEMA),
         frames=read_table(graph_dir / "frames.parquet", GRAPH_FRAMES_SCHEMA),
         visibility=read_table(graph_dir / "visibility.parquet", VISIBILITY_SCHEMA),
         room=read_json(graph_dir / "room.json"))
-
-
-def list_graphs(root: str | Path, dataset: str | None = None) -> list[tuple[str, str]]:
-    """(dataset, scene_id) of every complete graph under ``ROOT/graph``, sorted."""
-    out = []
-    for ds in ([dataset] if dataset else DATASETS):
-        base = Path(root) / "graph" / ds
-        if base.is_dir():
-            out += [(ds, d.name) for d in sorted(base.iterdir()) if (d / DONE_MARKER).exists()]
-    return out
-
-
-def config_hash(payload: dict[str, Any]) -> str:
-    """sha256 of a JSON-able dict in canonical form (sorted keys)."""
-    from pipeline.core.atomic import dumps_json
-
-    return hashlib.sha256(dumps_json(payload).encode("utf-8")).hexdigest()

@@ -32,7 +32,7 @@ from pipeline.core.atomic import write_text
 from pipeline.core.errors import InputError
 from pipeline.core.scene import finite_pose_mask, objects_table
 from pipeline.core.schemas import GRAPH_FRAMES_SCHEMA, VISIBILITY_SCHEMA, column_as_array, table_from_columns
-from scene_graph.graph import SceneGraph, graph_objects
+from scene_graph.graph import INCONSISTENT_KEY, SceneGraph, graph_objects
 
 SOURCE_IMPORTED_BBOX = "vlm3r_bbox"
 # Our dataset names -> the ``dataset`` strings VLM-3R writes.
@@ -119,6 +119,30 @@ def _objects(boxes_by_category: dict[str, list[dict]], where: str) -> tuple[pa.T
         return (objects_table([], [], [], np.zeros((0, 3)), np.zeros((0, 3)), np.zeros((0, 3, 3)), []), duplicates,
                 explicit)
     return objects_table(ids, cats, cats, centroids, lengths, axes, [0] * len(ids)), duplicates, explicit
+
+
+def inconsistent_categories(declared: Any, categories: list[str], where: str) -> dict[str, dict[str, int]]:
+    """Categories whose declared ``object_counts`` disagree with their boxes: ``{category: {"declared", "boxes"}}``.
+
+    VSI-Bench's own meta_info has such entries (scannet scene0474_04: chair 3 declared, 4 boxes; scene0500_00:
+    chair 38 vs 39, window 7 vs 5). Which number is right cannot be told from the file, so these categories are
+    reported and kept out of counting and of every task that needs a unique object, not guessed."""
+    if declared is None:
+        return {}
+    if not isinstance(declared, dict):
+        raise InputError(where, f"object_counts must map categories to counts, got {type(declared).__name__}")
+    boxes: dict[str, int] = {}
+    for category in categories:
+        boxes[category] = boxes.get(category, 0) + 1
+    out = {}
+    for category in sorted(set(declared) | set(boxes)):
+        try:
+            n = int(declared.get(category, 0))
+        except (TypeError, ValueError):
+            raise InputError(where, f"object_counts[{category!r}] is not a count: {declared[category]!r}") from None
+        if category in declared and n != boxes.get(category, 0):
+            out[category] = {"declared": n, "boxes": boxes.get(category, 0)}
+    return out
 
 
 def _frame_index(frame_id: Any, rank: int) -> int:
@@ -212,11 +236,8 @@ def _graph_from_entry(scene_id: str, entry: dict, frame_entry: dict | None, data
     if len(linkable) < objects.num_rows:
         # Boxes without instance_id (ScanNet++, ARKitScenes) got ids here: 2D boxes cannot name them.
         counts["objects_without_instance_id"] = objects.num_rows - len(linkable)
-    declared = entry.get("object_counts")
-    if isinstance(declared, dict):
-        got = dict(zip(*np.unique(np.asarray(objects.column("category").to_pylist(), dtype=object),
-                                  return_counts=True)))
-        counts["count_mismatches"] = sum(int(got.get(c, 0)) != int(n) for c, n in declared.items())
+    inconsistent = inconsistent_categories(entry.get("object_counts"), objects.column("category").to_pylist(), at)
+    counts["count_mismatches"] = len(inconsistent)
     room_size = float(entry.get("room_size", 0.0) or 0.0)
     if not math.isfinite(room_size) or room_size < 0:
         counts["invalid_room_size"] = 1          # VLM-3R writes 0.0 when the area failed: unknown, like here
@@ -224,6 +245,8 @@ def _graph_from_entry(scene_id: str, entry: dict, frame_entry: dict | None, data
     center = [float(x) for x in (entry.get("room_center") or [math.nan] * 3)]
     room: dict[str, Any] = {"floor_area_m2": room_size, "outline": [], "center": center,
                             "first_appearance_s": {}, "video_duration_s": 0.0, "fps": 0.0}
+    if inconsistent:
+        room[INCONSISTENT_KEY] = inconsistent
     if not all(math.isfinite(x) for x in center):
         room["center"] = None
     if frame_entry is not None:

@@ -55,16 +55,19 @@ def _export_scannet200(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.format == "scannet200":
         return _export_scannet200(args)
-    from scene_graph.graph import list_graphs, read_graph
+    from pipeline.core.layout import DatasetRoot
+    from scene_graph.graph import read_graph
     from scene_graph.interop import export_vlm3r
 
-    keys = list_graphs(args.root, args.dataset)
+    root = DatasetRoot(args.root)
+    root.check()
+    keys = root.graphs(args.dataset)
     if not keys:
-        print(f"error: no complete scene graphs under {args.root / 'graph'}", file=sys.stderr)
+        print(f"error: no complete scene graphs under {root.graphs_dir}", file=sys.stderr)
         return 1
     groups: dict[tuple[str, str], list] = {}
     for ds, sid in keys:
-        graph = read_graph(Path(args.root) / "graph" / ds / sid)
+        graph = read_graph(root.graph_dir(ds, sid))
         groups.setdefault((ds, graph.split), []).append(graph)
     for (ds, split), graphs in sorted(groups.items()):
         scene_path = args.out / split / f"{ds}_metadata_{split}.json"

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from pipeline.commands.options import run_options
+from pipeline.core.layout import DatasetRoot
 
 HELP = "write the dataset report (Markdown + PNG plots: questions, answers, letters, frames, tokens, shards, failures)"
 
@@ -14,14 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.core.errors import InputError
-    from pipeline.core.layout import DatasetRootError
-    from pipeline.stages.report import write_report
+    from pipeline.stages.contract import run_stage
+    from pipeline.stages.stats import StatsConfig, StatsStage
 
-    try:
-        result = write_report(args.root, args.out)
-    except (InputError, DatasetRootError) as exc:
-        print(f"vlm3r-data stats: {exc}", file=sys.stderr)
-        return 2
-    print(f"stats: {result.total_questions} questions, {len(result.plot_paths)} plots -> {result.report_path}")
-    return 0
+    config = StatsConfig(str(args.out.resolve()) if args.out else "")
+    return run_stage(StatsStage(), DatasetRoot(args.root), config, run_options(args)).exit_status

@@ -1,11 +1,11 @@
-"""``vlm3r-data status``: done / total / failed per stage of a dataset root, and where the outputs are."""
+"""``vlm3r-data status``: done / total / stale / failed per stage of a dataset root, and where the outputs are."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-HELP = "print done / total / failed per stage of a dataset root and where each stage's outputs are"
+HELP = "print done / total / stale / failed per stage of a dataset root and where each stage's outputs are"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,14 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.core.atomic import dumps_json
-    from pipeline.core.errors import InputError
-    from pipeline.core.layout import DatasetRootError
     from pipeline.stages.status import format_table, root_status
 
-    try:
-        status = root_status(args.root)
-    except (InputError, DatasetRootError) as exc:
-        print(f"vlm3r-data status: {exc}", file=sys.stderr)
-        return 2
+    status = root_status(args.root)
     sys.stdout.write(dumps_json(status.to_json()) if args.json else format_table(status))
     return 0

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from pipeline.commands.options import add_allow_stale, add_rebuild, config_errors, run_options
+from pipeline.core.layout import DatasetRoot
 
 HELP = "train fusion + projector + LoRA from the training shards (single process or Ray Train), then predict val QA"
 
@@ -34,12 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=0, help="Ray Train workers (0 = a single process)")
     parser.add_argument("--gpus", action="store_true", help="one GPU per Ray Train worker")
     parser.add_argument("--fsdp", action="store_true", help="shard the model across workers (FSDP2) instead of DDP")
-    parser.add_argument("--ray-address", default=None)
+    parser.add_argument("--ray-address", default=None, help="join an existing Ray cluster")
     parser.add_argument("--export", type=Path, default=None, help="also write VLM-3R's release naming here")
     parser.add_argument("--predict", action="store_true",
                         help="after training, predict the benchmark-split QA (ROOT/qa/<bench>/{val,test}.jsonl)")
     parser.add_argument("--predict-only", action="store_true", help="skip training; predict with the newest checkpoint")
     parser.add_argument("--max-new-tokens", type=int, default=8)
+    add_rebuild(parser, what="run (start over: the checkpoints are removed)")
+    add_allow_stale(parser)
 
 
 def _config(args: argparse.Namespace):
@@ -51,13 +55,14 @@ def _config(args: argparse.Namespace):
     from workers.trainer.data import geometry_token_width
 
     # The tiny model adopts the shards' geometry-token width; a real base's fusion block must match it.
-    width = geometry_token_width(args.root / "train_shards")
+    root = DatasetRoot(args.root)
+    width = geometry_token_width(root.train_shards_dir)
     model = ModelConfig.tiny(d_spatial=width, **common) if args.tiny else ModelConfig(base=args.base, **common)
     if model.d_spatial != width:
-        raise ValueError(f"{args.root / 'train_shards'}: geometry tokens are {width} wide but the model's fusion block "
+        raise ValueError(f"{root.train_shards_dir}: geometry tokens are {width} wide but the model's fusion block "
                          f"expects {model.d_spatial} (extract with the CUT3R checkpoint the model was trained with)")
-    out = args.out or args.root / "train"
-    return TrainConfig(train_dir=str(args.root / "train_shards"), out_dir=str(out), model=model, steps=args.steps,
+    out = args.out or root.train_dir
+    return TrainConfig(train_dir=str(root.train_shards_dir), out_dir=str(out), model=model, steps=args.steps,
                        epochs=args.epochs, micro_batch=args.micro_batch, grad_accum=args.grad_accum, lr=args.lr,
                        warmup_ratio=args.warmup_ratio, seed=args.seed, masking=args.masking,
                        time_instruction=args.time_instruction, save_every=args.save_every,
@@ -66,58 +71,28 @@ def _config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    from pipeline.stages.contract import StageRefused, run_stage
+    from pipeline.stages.train import PredictConfig, PredictStage, TrainStage, TrainStageConfig
 
-    from pipeline.core.errors import InputError
-    from pipeline.core.layout import DatasetRoot
-    from workers.trainer import train as loop
-
-    try:
+    root = DatasetRoot(args.root)
+    with config_errors("train"):
         config = _config(args)
-    except (InputError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        if not args.predict_only:
-            if args.workers > 0:
-                from pipeline.core.parallel import init_ray
+    options = run_options(args)
+    status = 0
+    if not args.predict_only:
+        result = run_stage(TrainStage(), root, TrainStageConfig(config), options,
+                           extra={"ray_workers": args.workers, "use_gpu": args.gpus})
+        status = result.exit_status
+    if status == 0 and args.export:
+        from workers.trainer import train as loop
 
-                init_ray(args.workers, args.ray_address)
-                result = loop.train_ray(config, workers=args.workers, use_gpu=args.gpus)
-                print(f"train: Ray Train finished; metrics {result.metrics}; checkpoints in {config.out_dir}")
-            else:
-                summary = loop.train(config)
-                print(f"train: step {summary['step']}/{summary['total_steps']}, last loss "
-                      f"{summary['losses'][-1] if summary['losses'] else float('nan'):.4f}, "
-                      f"checkpoint {summary['checkpoint']}")
         checkpoint = loop.newest_checkpoint(config.out_dir)
         if checkpoint is None:
-            print(f"error: no complete checkpoint in {config.out_dir}", file=sys.stderr)
-            return 2
-        if args.export:
-            files = loop.export(config, checkpoint, args.export)
-            print(f"export: {', '.join(str(f) for f in files)}")
-        if args.predict or args.predict_only:
-            from workers.trainer.tokenizer import load_tokenizer
-            from workers.trainer.model import build_model, load_trainables
-            from workers.trainer.predict import predict_files
-
-            root = DatasetRoot(args.root)
-            files = sorted(p for p in root.qa_dir.glob("*/*.jsonl") if p.stem in ("val", "test"))
-            if not files:
-                print(f"error: no benchmark questions under {root.qa_dir} (val/test splits)", file=sys.stderr)
-                return 2
-            device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-            model = build_model(config.model)
-            load_trainables(model, checkpoint)
-            written = predict_files(model.to(device), load_tokenizer(config.model.base), root, files,
-                                    Path(config.out_dir) / "predictions", max_new_tokens=args.max_new_tokens,
-                                    time_instruction=config.time_instruction, device=device)
-            for path in written:
-                bench, split = path.stem.split("_", 1)
-                print(f"predictions: {path}  (score: vlm3r-data eval --questions {root.qa_dir / bench / split}.jsonl "
-                      f"--predictions {path})")
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+            raise StageRefused(f"train: no complete checkpoint in {config.out_dir} to export")
+        files = loop.export(config, checkpoint, args.export)
+        print(f"export: {', '.join(str(f) for f in files)}")
+    if status == 0 and (args.predict or args.predict_only):
+        result = run_stage(PredictStage(), root, PredictConfig(args.max_new_tokens, config.time_instruction),
+                           options, extra={"train_config": config})
+        status = result.exit_status
+    return status

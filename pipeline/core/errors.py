@@ -1,15 +1,14 @@
-"""Failures are rows, not log lines: ``ROOT/errors.parquet`` holds one row per failed input of any stage.
+"""Failures are rows, not log lines: ``ROOT/errors.parquet`` holds one row per failed input of any stage (and per
+input used with a warning, ``severity == "warning"``).
 
 A stage collects :class:`ErrorRow` s while it runs and calls :func:`record_errors` once at the end; the rows of
-an earlier run of the same stage for the same scenes are replaced, so a successful rerun clears them.
+an earlier run of the same stage for the same units are replaced, so a successful rerun clears them.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
-
-import pyarrow as pa
 
 from pipeline.core.schemas import ERRORS_SCHEMA, read_table, table_from_columns, write_table
 
@@ -26,6 +25,10 @@ class InputError(Exception):
         return (type(self), (self.path, self.problem))
 
 
+ERROR = "error"
+WARNING = "warning"
+
+
 @dataclass(frozen=True)
 class ErrorRow:
     stage: str
@@ -34,10 +37,15 @@ class ErrorRow:
     error_type: str
     message: str
     path: str = ""
+    severity: str = ERROR
 
     @classmethod
     def from_exception(cls, stage: str, dataset: str, scene_id: str, exc: BaseException) -> "ErrorRow":
         return cls(stage, dataset, scene_id, type(exc).__name__, str(exc), getattr(exc, "path", "") or "")
+
+    @property
+    def is_error(self) -> bool:
+        return self.severity == ERROR
 
 
 def read_input_json(path: str | Path, what: str):
@@ -70,18 +78,3 @@ def record_errors(path: str | Path, stage: str, processed: Iterable[tuple[str, s
         return
     cols = {name: [getattr(r, name) for r in merged] for name in ERRORS_SCHEMA.names}
     write_table(path, table_from_columns(ERRORS_SCHEMA, cols), ERRORS_SCHEMA)
-
-
-def report_failures(rows: list[ErrorRow], errors_path: str | Path) -> int:
-    """Print a stage's failed units (stderr) and where their rows are; the exit status: 1 if any failed, else 0."""
-    import sys
-
-    for row in sorted(rows, key=lambda r: (r.dataset, r.scene_id)):
-        print(f"  failed {row.dataset}/{row.scene_id}: {row.error_type}: {row.message}", file=sys.stderr)
-    if rows:
-        print(f"  error rows: {errors_path}", file=sys.stderr)
-    return 1 if rows else 0
-
-
-def errors_table(rows: list[ErrorRow]) -> pa.Table:
-    return table_from_columns(ERRORS_SCHEMA, {k: [asdict(r)[k] for r in rows] for k in ERRORS_SCHEMA.names})

@@ -28,8 +28,8 @@ from pipeline.core.atomic import read_json, write_json
 from pipeline.core.version import FORMAT_VERSION, __version__
 
 DATASETS = ("scannet", "scannetpp", "arkitscenes")
-# The stages in pipeline order (what ``run`` runs and ``status`` reports).
-STAGES = ("ingest", "extract", "graph", "routes", "qa", "pack", "train", "eval", "stats")
+# Every stage, in pipeline order (import-meta makes graphs from metadata files; predict is run by train --predict).
+STAGES = ("ingest", "import-meta", "extract", "graph", "routes", "qa", "pack", "train", "predict", "eval", "stats")
 BENCHES = ("vsibench", "vstibench")
 # Splits whose scenes are the benchmarks' own: only the benchmarks' question forms are generated for them, they never
 # enter training shards, and their questions are what ``train --predict`` answers and ``eval`` scores.

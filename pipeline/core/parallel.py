@@ -30,9 +30,11 @@ def init_ray(workers: int, address: str | None = None) -> None:
 
 def map_units(fn: Callable[[U], Any], units: Sequence[U], *, local: bool = False, workers: int = 2,
               ray_address: str | None = None, desc: str = "", retries: int = 2,
-              num_cpus_per_task: float = 1.0, progress: bool = True) -> Iterator[tuple[U, Any, BaseException | None]]:
+              num_cpus_per_task: float = 1.0, progress: bool = True,
+              unit_name: str = "scenes") -> Iterator[tuple[U, Any, BaseException | None]]:
     """Yield ``(unit, result, None)`` or ``(unit, None, exception)`` for every unit, in completion order."""
-    bar = tqdm(total=len(units), desc=desc, unit="scene", disable=not progress or not units, dynamic_ncols=True)
+    bar = tqdm(total=len(units), desc=desc, unit=f" {unit_name}", disable=not progress or not units,
+               dynamic_ncols=True)
     try:
         if local or not units:
             for unit in units:
@@ -46,7 +48,8 @@ def map_units(fn: Callable[[U], Any], units: Sequence[U], *, local: bool = False
         from ray.exceptions import RayTaskError
 
         init_ray(workers, ray_address)
-        remote = ray.remote(num_cpus=num_cpus_per_task, max_retries=retries)(fn)
+        remote = ray.remote(num_cpus=num_cpus_per_task, max_retries=retries)(_apply)
+        fn_ref = ray.put(fn)      # any picklable callable (a function, or an object with __call__), sent once
         max_in_flight = max(1, 2 * workers)
         pending: dict[Any, U] = {}
         todo: Iterable[U] = iter(units)
@@ -58,7 +61,7 @@ def map_units(fn: Callable[[U], Any], units: Sequence[U], *, local: bool = False
                 except StopIteration:
                     exhausted = True
                     break
-                pending[remote.remote(unit)] = unit
+                pending[remote.remote(fn_ref, unit)] = unit
             if not pending:
                 break
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -74,3 +77,7 @@ def map_units(fn: Callable[[U], Any], units: Sequence[U], *, local: bool = False
             bar.update(1)
     finally:
         bar.close()
+
+
+def _apply(fn: Callable[[U], Any], unit: U) -> Any:
+    return fn(unit)

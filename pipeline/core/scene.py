@@ -22,6 +22,9 @@ from pipeline.core.schemas import (FRAMES_SCHEMA, MANIFEST_SCHEMA, OBJECTS_SCHEM
                               table_from_columns, write_table)
 
 DEFAULT_NUM_FRAMES = 32
+SCENE_FILES = ("frames.parquet", "objects.parquet", "manifest.parquet", "mesh.ply", "scene.json")
+# What the frames of a scene are made of (the part of an ingested scene that extraction reads).
+FRAME_FILES = ("frames.parquet", "manifest.parquet")
 
 
 @dataclass
@@ -68,10 +71,9 @@ def build_manifest(frames: pa.Table, num_frames: int = DEFAULT_NUM_FRAMES) -> pa
     })
 
 
-def write_scene(scene_dir: str | Path, scene: CanonicalScene, num_frames: int = DEFAULT_NUM_FRAMES,
-                marker: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write every file of the canonical scene, the frame manifest, and the done-marker last (holding the stats,
-    file hashes and ``marker``, e.g. the resolved config). Returns the marker's content."""
+def write_scene(scene_dir: str | Path, scene: CanonicalScene, num_frames: int = DEFAULT_NUM_FRAMES) -> dict[str, Any]:
+    """Write every file of the canonical scene and the frame manifest (any old done-marker is removed first; the
+    caller writes the new one last). Returns the stats, with the sha256 of every file."""
     scene_dir = Path(scene_dir)
     scene_dir.mkdir(parents=True, exist_ok=True)
     (scene_dir / DONE_MARKER).unlink(missing_ok=True)
@@ -93,16 +95,12 @@ def write_scene(scene_dir: str | Path, scene: CanonicalScene, num_frames: int = 
         "units": "metres", "up_axis": "z", "camera": "opencv", "mesh": "mesh.ply", **scene.meta,
     }
     write_json(scene_dir / "scene.json", info)
-    stats = {
+    return {
         "frames": int(len(valid)), "valid_frames": int(valid.sum()), "manifest_frames": int(manifest.num_rows),
         "objects": int(scene.objects.num_rows), "mesh_vertices": int(len(scene.mesh_vertices)),
         "mesh_faces": int(len(scene.mesh_faces)),
-        "sha256": {name: _sha(scene_dir / name) for name in
-                   ("frames.parquet", "objects.parquet", "manifest.parquet", "mesh.ply", "scene.json")},
-        **(marker or {}),
+        "sha256": {name: _sha(scene_dir / name) for name in SCENE_FILES},
     }
-    write_json(scene_dir / DONE_MARKER, stats)
-    return stats
 
 
 def _sha(path: Path) -> str:

@@ -69,14 +69,15 @@ MANIFEST_SCHEMA = pa.schema([
     ("valid", pa.bool_()),
 ])
 
-# One row per failed input (ROOT/errors.parquet).
+# One row per failed input (ROOT/errors.parquet), and per input accepted with a warning.
 ERRORS_SCHEMA = pa.schema([
     ("stage", pa.string()),
     ("dataset", pa.string()),
-    ("scene_id", pa.string()),
+    ("scene_id", pa.string()),             # or the unit of work when it is not a scene (e.g. "vsibench/val")
     ("error_type", pa.string()),
     ("message", pa.string()),
     ("path", pa.string()),
+    ("severity", pa.string()),             # "error" (the input failed) or "warning" (used, with a caveat)
 ])
 
 

@@ -14,6 +14,7 @@ marker always names a complete file.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -96,7 +97,7 @@ class ShardRecord:
     size_bytes: int
     sha256: str
     identity: dict[str, Any] = field(default_factory=dict, compare=False)  # the run's identity (model, config)
-    sources: dict[str, str] = field(default_factory=dict, compare=False)   # key -> meta source_sha256
+    units: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False)  # key -> its unit's done-marker
 
     @property
     def index(self) -> int:
@@ -114,9 +115,10 @@ class ShardWriter:
     current one past ``max_shard_bytes`` (the size of the closed file, tar padding included; a shard holds at least one
     sample, so one huge sample gets its own).
 
-    A shard is written as ``.shard-XXXXXX.tar.tmp``, renamed when full (or at :meth:`close`), then its done-marker is
-    written with ``identity`` (the run's model and config). Used as a context manager: an exception leaves no partial
-    shard under a final name (the temporary file is removed), exactly like a killed run.
+    A shard is written under a temporary name unique to this process, renamed when full (or at :meth:`close`), then
+    its done-marker is written with ``identity`` (the run's model and config) and, per key, the done-marker of the
+    unit of work that made the sample. Used as a context manager: an exception leaves no partial shard under a final
+    name (the temporary file is removed), exactly like a killed run.
     """
 
     def __init__(self, shards_dir: str | os.PathLike, *, max_shard_bytes: int, first_index: int = 0,
@@ -132,7 +134,7 @@ class ShardWriter:
         self._tmp: Path | None = None
         self._file: str | None = None
         self._keys: list[str] = []
-        self._sources: dict[str, str] = {}
+        self._units: dict[str, dict[str, Any]] = {}
 
     def __enter__(self) -> "ShardWriter":
         return self
@@ -150,12 +152,13 @@ class ShardWriter:
         self._tmp = self.shards_dir / unique_tmp_name(self._file)
         self._tar = tarfile.open(self._tmp, "w", format=tarfile.USTAR_FORMAT)
         self._keys = []
-        self._sources = {}
+        self._units = {}
 
-    def write_members(self, key: str, members: list[tuple[str, bytes]], source: str | None = None) -> None:
+    def write_members(self, key: str, members: list[tuple[str, bytes]],
+                      unit_marker: Mapping[str, Any] | None = None) -> None:
         """Append one sample given as ready ``(member name, bytes)`` pairs, rolling over to a new shard first when
-        the sample would push the current one past ``max_shard_bytes``. ``source``: the digest of what the sample
-        was made from, recorded per key in the shard's marker."""
+        the sample would push the current one past ``max_shard_bytes``. ``unit_marker``: the done-marker of the unit
+        of work that made the sample, kept in the shard's marker (it counts once the shard is complete)."""
         if "." in key or any(not name.startswith(key + ".") for name, _ in members):
             raise ValueError(f"sample key {key!r} has a dot or its members are not named {key}.<member>")
         sample_bytes = sum(_TAR_BLOCK + _padded(len(data)) for _, data in members)
@@ -168,8 +171,8 @@ class ShardWriter:
         for name, data in members:
             self._tar.addfile(_tar_info(name, len(data)), io.BytesIO(data))
         self._keys.append(key)
-        if source is not None:
-            self._sources[key] = str(source)
+        if unit_marker is not None:
+            self._units[key] = dict(unit_marker)
 
     def _finish(self) -> None:
         assert self._tar is not None and self._tmp is not None and self._file is not None
@@ -180,13 +183,13 @@ class ShardWriter:
         final = self.shards_dir / self._file
         os.replace(self._tmp, final)
         record = ShardRecord(self._file, tuple(self._keys), final.stat().st_size, sha256_file(final), self.identity,
-                             dict(self._sources))
+                             dict(self._units))
         write_json(marker_path(self.shards_dir, self._file),
-                   {**record.to_json(), "identity": self.identity, "sources": record.sources})
+                   {**record.to_json(), "identity": self.identity, "units": record.units})
         self.records.append(record)
         self._tmp = self._file = None
         self._keys = []
-        self._sources = {}
+        self._units = {}
 
     def close(self) -> list[ShardRecord]:
         """Finish the current shard; returns the records of every shard this writer completed."""
@@ -222,13 +225,43 @@ class ShardState:
         return max((r.index for r in self.records), default=-1) + 1
 
 
-def read_marker(path: Path) -> ShardRecord:
+def read_shard_marker(path: Path) -> ShardRecord:
     try:
         data = read_json(path)
         return ShardRecord(str(data["file"]), tuple(data["keys"]), int(data["size_bytes"]), str(data["sha256"]),
-                           dict(data.get("identity", {})), dict(data.get("sources", {})))
+                           dict(data.get("identity", {})), dict(data.get("units", {})))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ShardError(path, f"unreadable shard done-marker ({exc})") from None
+
+
+def complete_shards(shards_dir: str | os.PathLike) -> list[ShardRecord]:
+    """The complete shards of a folder, by index, read-only: a marker counts when its shard exists with the recorded
+    size (as :func:`recover_shards` decides, without deleting anything, so it is safe while a writer runs)."""
+    shards_dir = Path(shards_dir)
+    records = []
+    for marker in sorted((shards_dir / MARKER_DIR).glob("*.json")) if (shards_dir / MARKER_DIR).is_dir() else []:
+        record = read_shard_marker(marker)
+        shard = shards_dir / record.file
+        if SHARD_RE.match(record.file) and shard.is_file() and shard.stat().st_size == record.size_bytes:
+            records.append(record)
+    return sorted(records, key=lambda r: r.index)
+
+
+def remove_shards(shards_dir: str | os.PathLike, files: Iterable[str]) -> None:
+    """Delete complete shards: the marker first (so no marker ever names a missing file), then the file."""
+    shards_dir = Path(shards_dir)
+    for name in files:
+        marker_path(shards_dir, name).unlink(missing_ok=True)
+        (shards_dir / name).unlink(missing_ok=True)
+
+
+def sample_digest(members: Sequence[tuple[str, bytes]]) -> str:
+    """sha256 of one sample's members (names, sizes and bytes, in order): its output fingerprint."""
+    h = hashlib.sha256()
+    for name, data in members:
+        h.update(f"{name}\0{len(data)}\0".encode())
+        h.update(data)
+    return h.hexdigest()
 
 
 def recover_shards(shards_dir: str | os.PathLike, *, verify_sha256: bool = False) -> ShardState:
@@ -247,7 +280,7 @@ def recover_shards(shards_dir: str | os.PathLike, *, verify_sha256: bool = False
         removed.append(tmp.name)
     records: dict[str, ShardRecord] = {}
     for marker in sorted((shards_dir / MARKER_DIR).glob("*.json")):
-        record = read_marker(marker)
+        record = read_shard_marker(marker)
         shard = shards_dir / record.file
         ok = SHARD_RE.match(record.file) is not None and marker == marker_path(shards_dir, record.file) \
             and shard.is_file() and shard.stat().st_size == record.size_bytes \

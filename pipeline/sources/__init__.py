@@ -17,6 +17,9 @@ READERS = ("scannet", "scannetpp", "arkitscenes")
 
 class DatasetReader(Protocol):
     name: str
+    layout: str                 # the raw layout it reads, in one line (for "no scene found" messages)
+
+    def looks_like(self, raw: Path) -> bool: ...
 
     def list_scenes(self, raw: Path, split: str | None = None) -> list[tuple[str, str]]: ...
 
@@ -34,3 +37,8 @@ def get_reader(dataset: str, **options: str) -> DatasetReader:
         return type(default)(**options)
     except TypeError as exc:
         raise ValueError(f"reader {dataset!r} does not take options {sorted(options)}: {exc}") from None
+
+
+def recognise(raw: Path) -> list[str]:
+    """The datasets whose raw layout ``raw`` looks like (usually one; none for an unrelated folder)."""
+    return [name for name in READERS if get_reader(name).looks_like(raw)]

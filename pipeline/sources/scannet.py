@@ -377,6 +377,14 @@ def _objects(vertices: np.ndarray, vertex_instance: np.ndarray, groups: list[dic
 
 
 class ScanNetReader:
+    layout = ("<raw>/scans/sceneXXXX_YY/ (and scans_test/) with <scene>.sens, <scene>.txt, <scene>_vh_clean_2.ply, "
+              "segs/aggregation JSON; split lists scannetv2_<split>.txt")
+
+    def looks_like(self, raw: Path) -> bool:
+        """A ScanNet release: scene folders under scans/ or scans_test/."""
+        return any(d.is_dir() and _SCENE_ID.match(d.name) for sub in ("scans", "scans_test") if (raw / sub).is_dir()
+                   for d in (raw / sub).iterdir())
+
     name = "scannet"
 
     def list_scenes(self, raw: Path, split: str | None = None) -> list[tuple[str, str]]:

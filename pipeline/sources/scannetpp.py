@@ -600,6 +600,14 @@ def _objects(paths: ScanNetPPPaths, raw: Path, num_vertices: int) -> tuple[pa.Ta
 # ---- the reader ------------------------------------------------------------------------------------------------------
 
 class ScanNetPPReader:
+    layout = "<raw>/data/<scene id>/{scans,iphone,dslr}/..., <raw>/splits/*.txt, <raw>/metadata/"
+
+    def looks_like(self, raw: Path) -> bool:
+        """A ScanNet++ release: scene folders (hex ids) with scans/ or iphone/ under data/."""
+        data = raw / "data"
+        return data.is_dir() and any(d.is_dir() and _SCENE_ID.match(d.name) and
+                                     ((d / "scans").is_dir() or (d / "iphone").is_dir()) for d in data.iterdir())
+
     name = "scannetpp"
 
     def __init__(self, stream: str = "iphone"):

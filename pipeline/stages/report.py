@@ -23,15 +23,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pipeline.core.atomic import atomic_path, write_text
+from pipeline.core.atomic import atomic_path, read_json, write_text
 from pipeline.core.errors import InputError
-from pipeline.core.layout import DONE_MARKER, DatasetRoot, scene_key
-from pipeline.stages.status import (TRAIN_SHARDS_DIR, RootStatus, iter_qa_records, load_errors, qa_files,
-                             read_json_or_error, root_status, shard_records)
+from pipeline.core.layout import PLOTS_DIR, QA_COUNTS, DatasetRoot, scene_key
+from pipeline.core.qa_records import iter_records
+from pipeline.core.shards import ShardRecord, complete_shards
+from pipeline.stages.contract import Ledgers
+from pipeline.stages.status import RootStatus, load_errors, root_status
 
-REPORT_DIR = "report"
-REPORT_NAME = "report.md"
-PLOTS_DIR = "plots"          # inside the report folder; every PNG in it is this module's (stale ones are removed)
+REPORT_NAME = "report.md"   # plots go to PLOTS_DIR inside the report folder; every PNG there is this module's
 PLOT_DPI = 100
 TOP_ANSWERS = 8              # most frequent answers shown per multiple-choice task
 HISTOGRAM_BINS = 20
@@ -116,9 +116,9 @@ def _numeric_answer(record: dict[str, Any], path: Path) -> float:
 
 def _collect_qa(root: DatasetRoot) -> tuple[list[QaFile], dict[tuple[str, str], TaskAnswers]]:
     files, tasks = [], defaultdict(TaskAnswers)
-    for bench, split, path in qa_files(root):
+    for bench, split, path in root.qa_files():
         n, scenes = 0, set()
-        for record in iter_qa_records(path):
+        for record in iter_records(path):
             n += 1
             scenes.add(record["scene_key"])
             task = tasks[(bench, str(record["task"]))]
@@ -155,49 +155,56 @@ def _sample_sizes(shard: Path) -> dict[str, tuple[int | None, int]]:
     return {k: (tokens.get(k), sizes[k]) for k in sorted(sizes)}
 
 
-def _collect_scenes(root: DatasetRoot, token_records: list[dict[str, Any]]) -> list[SceneSize]:
+def _collect_scenes(root: DatasetRoot, ledgers: Ledgers, token_records: list[ShardRecord]) -> list[SceneSize]:
     per_key: dict[str, tuple[int | None, int]] = {}
     for record in token_records:
-        per_key.update(_sample_sizes(root.tokens_dir / record["file"]))
+        per_key.update(_sample_sizes(root.tokens_dir / record.file))
     out = []
-    for ds, sid in root.scenes():
-        marker = root.scene_dir(ds, sid) / DONE_MARKER
-        stats = read_json_or_error(marker)
+    for unit, marker in sorted(ledgers.markers("ingest").items()):
+        ds, sid = unit.split("/", 1)
+        stats = marker.stats
         try:
             frames = (int(stats["frames"]), int(stats["valid_frames"]), int(stats["manifest_frames"]))
         except (KeyError, TypeError, ValueError):
-            raise InputError(marker, "scene done-marker without frames / valid_frames / manifest_frames") from None
+            raise InputError(root.scene_dir(ds, sid), "scene done-marker without frames / valid_frames / "
+                                                      "manifest_frames") from None
         key = scene_key(ds, sid)
         tokens, nbytes = per_key.get(key, (None, None))
         out.append(SceneSize(key, *frames, tokens=tokens, sample_bytes=nbytes))
     return out
 
 
-def _collect_shards(root: DatasetRoot, token_records: list[dict[str, Any]]) -> list[ShardSet]:
+def _collect_shards(root: DatasetRoot, token_records: list[ShardRecord]) -> list[ShardSet]:
     out = []
     if token_records:
-        out.append(ShardSet("tokens", [r["file"] for r in token_records], [r["size_bytes"] for r in token_records],
-                            [len(r["keys"]) for r in token_records]))
-    train_dir = root.path / TRAIN_SHARDS_DIR
-    train_records = shard_records(train_dir)
+        out.append(ShardSet("tokens", [r.file for r in token_records], [r.size_bytes for r in token_records],
+                            [len(r.keys) for r in token_records]))
+    train_records = complete_shards(root.train_shards_dir)
     if train_records:
-        counts_path = train_dir / "qa_counts.json"   # pipeline/pack.py QA_COUNTS: {shard file: {key: questions}}
-        counts = read_json_or_error(counts_path) if counts_path.is_file() else {}
-        questions = [sum(counts[r["file"]].values()) if r["file"] in counts else 0 for r in train_records] \
+        counts_path = root.train_shards_dir / QA_COUNTS        # {shard file: {key: questions}}
+        counts = _read_json(counts_path) if counts_path.is_file() else {}
+        questions = [sum(counts[r.file].values()) if r.file in counts else 0 for r in train_records] \
             if counts else None
-        out.append(ShardSet("train_shards", [r["file"] for r in train_records],
-                            [r["size_bytes"] for r in train_records], [len(r["keys"]) for r in train_records],
-                            questions))
+        out.append(ShardSet("train_shards", [r.file for r in train_records], [r.size_bytes for r in train_records],
+                            [len(r.keys) for r in train_records], questions))
     return out
 
 
-def _collect_routes(root: DatasetRoot) -> tuple[dict[str, int], list[int], list[str]]:
+def _read_json(path: Path) -> Any:
+    try:
+        return read_json(path)
+    except (OSError, ValueError) as exc:
+        raise InputError(path, f"unreadable JSON ({exc})") from None
+
+
+def _collect_routes(root: DatasetRoot, ledgers: Ledgers) -> tuple[dict[str, int], list[int], list[str]]:
     from pipeline.core.schemas import ROUTES_SCHEMA, SchemaError, column_as_array, read_table
 
     per_scene, turns = {}, []
-    for ds, sid in root.scenes():
-        table_path = root.routes_dir / ds / f"{sid}.parquet"
-        if not (root.routes_dir / ds / f"{sid}{DONE_MARKER}").is_file() or not table_path.is_file():
+    for unit in sorted(ledgers.markers("routes")):
+        ds, sid = unit.split("/", 1)
+        table_path = root.routes_table(ds, sid)
+        if not table_path.is_file():
             continue
         try:
             table = read_table(table_path, ROUTES_SCHEMA)
@@ -205,25 +212,31 @@ def _collect_routes(root: DatasetRoot) -> tuple[dict[str, int], list[int], list[
             raise InputError(table_path, str(exc)) from None
         per_scene[scene_key(ds, sid)] = table.num_rows
         turns += column_as_array(table, "num_turns").astype(int).tolist()
-    plots_dir = root.routes_dir / "plots"
+    plots_dir = root.routes_dir / PLOTS_DIR
     plots = [str(p) for p in sorted(plots_dir.glob("*/*.png"))] if plots_dir.is_dir() else []
     return per_scene, turns, plots
 
 
-def collect(root: DatasetRoot | str | Path, available: list[str] | None = None) -> ReportData:
+def collect(root: DatasetRoot | str | Path, ledgers: Ledgers | None = None) -> ReportData:
     """Read everything the report shows from ``root`` (read-only). Malformed inputs raise InputError naming the file."""
+    from pipeline.stages.registry import STAGES
+
     root = root if isinstance(root, DatasetRoot) else DatasetRoot(root)
-    status = root_status(root, available)
+    ledgers = ledgers or Ledgers(root, STAGES)
+    status = root_status(root)
     qa, tasks = _collect_qa(root)
-    token_records = shard_records(root.tokens_dir)
+    token_records = complete_shards(root.tokens_dir)
     failures: Counter = Counter()
     examples: dict[tuple[str, str], list[str]] = defaultdict(list)
     for row in load_errors(root):
+        if not row.is_error:
+            continue
         failures[(row.stage, row.error_type)] += 1
-        examples[(row.stage, row.error_type)].append(f"{row.dataset}/{row.scene_id}")
-    routes_per_scene, turns, plots = _collect_routes(root)
-    return ReportData(status, qa, tasks, _collect_scenes(root, token_records), _collect_shards(root, token_records),
-                      failures, {k: sorted(v) for k, v in sorted(examples.items())}, routes_per_scene, turns, plots)
+        examples[(row.stage, row.error_type)].append(f"{row.dataset}/{row.scene_id}" if row.dataset else row.scene_id)
+    routes_per_scene, turns, plots = _collect_routes(root, ledgers)
+    return ReportData(status, qa, tasks, _collect_scenes(root, ledgers, token_records),
+                      _collect_shards(root, token_records), failures,
+                      {k: sorted(v) for k, v in sorted(examples.items())}, routes_per_scene, turns, plots)
 
 
 # ---- plots (pure: data -> matplotlib Figure, or None when there is nothing to show) -------------------------------
@@ -508,11 +521,18 @@ def render_markdown(data: ReportData, plots: dict[str, str], out_dir: Path) -> s
              + (f" (vlm3r-data {data.status.code_version})" if data.status.code_version else "") + ".", ""]
 
     lines += ["## Stages", ""]
-    lines += _table(["stage", "state", "done", "total", "failed", "pending", "unit", "outputs (in the root)"],
-                    [[s.stage, s.state, s.done, s.total, s.failed, s.pending, s.unit,
+    lines += _table(["stage", "state", "done", "total", "stale", "failed", "pending", "unit", "outputs (in the root)"],
+                    [[s.stage, s.state, s.done, s.total, s.stale, s.failed, s.pending, s.unit,
                       f"`{_rel(s.outputs, Path(data.status.root))}`" if s.outputs else ""]
                      for s in data.status.stages],
                     left=2)
+    stale = [(s.stage, unit, why) for s in data.status.stages for unit, why in s.stale_units.items()]
+    if stale:
+        lines += ["", f"**{len(stale)} stale output(s)**: made from outputs that were rebuilt since; rebuild them "
+                      "(the stage's command with `--rebuild`) before using them.", ""]
+        lines += _table(["stage", "unit", "why"], [[st, f"`{u}`", why] for st, u, why in stale[:50]], left=3)
+        if len(stale) > 50:
+            lines.append(f"... and {len(stale) - 50} more (`vlm3r-data status --root ...`)")
 
     lines += ["", "## Questions", ""]
     if not data.qa_files:
@@ -621,13 +641,13 @@ class ReportResult:
 
 
 def write_report(root: DatasetRoot | str | Path, out_dir: str | Path | None = None,
-                 available: list[str] | None = None) -> ReportResult:
+                 ledgers: Ledgers | None = None) -> ReportResult:
     """Collect, plot and write ``<out_dir>/report.md`` (default ``ROOT/report``) with its PNGs in ``plots/``."""
     from matplotlib import style
 
     root = root if isinstance(root, DatasetRoot) else DatasetRoot(root)
-    out = Path(out_dir) if out_dir is not None else root.path / REPORT_DIR
-    data = collect(root, available)
+    out = Path(out_dir) if out_dir is not None else root.report_dir
+    data = collect(root, ledgers)
     plots_dir = out / PLOTS_DIR
     written: dict[str, str] = {}
     paths = []

@@ -1,0 +1,195 @@
+"""extract: CUT3R geometry tokens of every ingested scene's frame manifest -> WebDataset shards
+(``ROOT/tokens/shard-%06d.tar``, ``index.json``).
+
+Units: the ingested scenes; each reads only the frames part of its scene (frame table and manifest). The
+configuration is the run identity (model id, checkpoint sha256, architecture, input size, preprocessing, stored
+dtype, optional members): every sample of a tokens folder shares it. :mod:`workers.extract` runs the data path (CPU
+decode tasks feeding the model actors through a bounded queue); this driver writes the samples in scene order, each
+with its unit's marker inside the shard's marker, and rebuilds the index from the complete shards at the end. A
+killed run followed by a rerun gives every scene exactly once. Samples cannot be replaced inside a complete shard:
+redoing a unit removes its whole shard and redoes the shard's other units too.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from pipeline.core.layout import DATASETS, DatasetRoot, scene_key
+from pipeline.stages.contract import (Context, Outcome, RunOptions, ShardStage, StageRefused, Unit, Work,
+                                      run_stage)
+from pipeline.stages.ingest import iter_scene_units
+
+DEFAULT_SHARD_BYTES = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """The run identity (:func:`workers.extract.run_identity`): what every sample of the tokens folder shares."""
+
+    identity: Mapping[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.identity)
+
+
+@dataclass(frozen=True)
+class ExtractRun:
+    """How to run (not what to make): the model to load, the preprocessing options, scheduling and shard size."""
+
+    model: Any                            # workers.extract.ModelSpec
+    options: Any                          # workers.extract.ExtractOptions
+    scheduling: Any                       # workers.extract.Scheduling
+    shard_bytes: int = DEFAULT_SHARD_BYTES
+    encoder_factory: Any = None           # builds the encoder inside the actor (default: the model's)
+
+
+@dataclass
+class ExtractSummary:
+    scenes: int = 0
+    extracted: int = 0
+    skipped: int = 0
+    failed: int = 0
+    frames: int = 0
+    seconds: float = 0.0
+    shards: int = 0
+    samples: int = 0
+    removed_debris: list[str] = field(default_factory=list)
+    aborted: str | None = None
+
+
+def sample_marker_stats(sample) -> dict[str, Any]:
+    return {"key": sample.key, "frames": sample.num_frames}
+
+
+class ExtractStage(ShardStage):
+    name = "extract"
+    reads = ("ingest",)
+    version = 1
+
+    def shards_dir(self, root: DatasetRoot) -> Path:
+        return root.tokens_dir
+
+    def order(self, work: Work) -> tuple[int, str]:
+        """The root's scene order (dataset order, then scene id)."""
+        return DATASETS.index(work.unit.dataset), work.unit.scene_id
+
+    def outputs(self, root: DatasetRoot) -> str:
+        return str(root.tokens_dir)
+
+    def units(self, ctx: Context) -> list[Unit]:
+        from workers.extract import SceneJob
+
+        units, owner = [], {}
+        ingested = ctx.ledgers.markers("ingest")
+        for dataset, scene_id, unit, upstream in iter_scene_units(ctx, part="frames"):
+            key = scene_key(dataset, scene_id)
+            if key in owner:
+                raise StageRefused(f"extract: scenes {owner[key]} and {unit} share the shard key {key!r}")
+            owner[key] = unit
+            # The sample's meta names what it was made from: the manifest's sha256, as ingest recorded it.
+            manifest_sha = ingested[unit].stats["sha256"]["manifest.parquet"]
+            units.append(Unit(unit, upstream, SceneJob(dataset, scene_id, key, str(ctx.root.scene_dir(dataset, scene_id)),
+                                                       manifest_sha), dataset=dataset, scene_id=scene_id))
+        return units
+
+    def execute(self, ctx: Context, work: list[Work]) -> Iterator[Outcome]:
+        from tqdm import tqdm
+
+        from pipeline.core.errors import ErrorRow
+        from pipeline.core.shards import ShardWriter, recover_shards, sample_digest
+        from pipeline.core.tokens import sample_members
+        from workers.extract import ExtractionAborted, iter_extracted
+
+        run: ExtractRun = ctx.extra["run"]
+        identity = ctx.config.to_dict()
+        work = sorted(work, key=self.order)
+        by_key = {w.unit.job.key: w for w in work}
+        state = recover_shards(ctx.root.tokens_dir)
+        writer = ShardWriter(ctx.root.tokens_dir, max_shard_bytes=run.shard_bytes, first_index=state.next_index,
+                             identity=identity)
+        ctx.extra["writer"] = writer
+        frames, t0 = 0, time.perf_counter()
+        bar = tqdm(total=len(work), desc="extract", unit=" scenes", disable=not ctx.options.progress or not work,
+                   dynamic_ncols=True)
+        pending: list[Outcome] = []           # written to the open shard: done once the shard is complete
+        try:
+            with writer:
+                shards_before = len(writer.records)
+                for job, sample, error in iter_extracted([w.unit.job for w in work],
+                                                         run.encoder_factory or run.model.build_encoder,
+                                                         run.options, identity, run.scheduling):
+                    item = by_key[job.key]
+                    bar.update(1)
+                    if error is not None:
+                        yield Outcome(item.unit, errors=[ErrorRow(self.name, job.dataset, job.scene_id,
+                                                                  error.error_type, error.message, error.path)])
+                        continue
+                    members = sample_members(sample)
+                    marker = item.marker(self, ctx, sample_digest(members), sample_marker_stats(sample))
+                    writer.write_members(sample.key, members, marker.to_json())
+                    pending.append(Outcome(item.unit, marker=marker))
+                    frames += sample.num_frames
+                    bar.set_postfix_str(f"{frames / max(time.perf_counter() - t0, 1e-9):.1f} frames/s")
+                    if len(writer.records) > shards_before:       # a shard was completed: its samples are done
+                        shards_before = len(writer.records)
+                        finished = set(writer.records[-1].keys)
+                        yield from (o for o in pending if o.unit.job.key in finished)
+                        pending = [o for o in pending if o.unit.job.key not in finished]
+            yield from pending                                    # the last shard was completed by close()
+        except ExtractionAborted as exc:
+            ctx.extra["aborted"] = str(exc)
+            ctx.say(f"extract: aborted: {exc}")
+            for o in pending:    # the open shard was dropped: these units are not done
+                yield Outcome(o.unit, errors=[ErrorRow(self.name, o.unit.dataset, o.unit.scene_id,
+                                                       "ExtractionAborted", str(exc), "")])
+        finally:
+            bar.close()
+            ctx.extra["frames"] = frames
+            ctx.extra["seconds"] = time.perf_counter() - t0
+
+    def finish(self, ctx: Context, outcomes: list[Outcome], done: list[Work]) -> dict[str, Any]:
+        """The index lists every complete shard: those of earlier runs and those this run finished."""
+        from pipeline.core.shards import complete_shards, write_index
+
+        index = write_index(ctx.root.tokens_dir, complete_shards(ctx.root.tokens_dir), ctx.config.to_dict())
+        seconds = ctx.extra.get("seconds", 0.0)
+        frames = ctx.extra.get("frames", 0)
+        return {"extracted": sum(1 for o in outcomes if o.marker is not None), "frames": frames,
+                "frames_per_s": round(frames / seconds, 2) if seconds else 0.0,
+                "shards": index["num_shards"], "samples": index["num_samples"]}
+
+
+def extract_root(root, model, options, scheduling, *, shard_bytes: int = DEFAULT_SHARD_BYTES, rebuild: bool = False,
+                 encoder_factory=None, progress: bool = True, command: tuple[str, ...] = ()) -> ExtractSummary:
+    """Extract every ingested scene of ``root`` that is not in a complete shard (the stage, from Python).
+
+    ``model``: a :class:`workers.extract.ModelSpec`; ``encoder_factory``: builds the encoder inside the actor,
+    ``model.build_encoder`` by default (tests pass wrappers). Raises StageRefused when existing shards were made
+    with another identity (unless ``rebuild``)."""
+    from workers.extract import run_identity
+
+    root = root if isinstance(root, DatasetRoot) else DatasetRoot(root)
+    if not root.scenes_dir.is_dir():
+        raise StageRefused(f"extract: {root.path}: no ingested scenes (run `vlm3r-data ingest` first)")
+    try:
+        identity = run_identity(model.describe(), options)
+    except ValueError as exc:                 # e.g. an input size that is no multiple of the model's patch size
+        raise StageRefused(f"extract: {exc}") from None
+    config = ExtractConfig(identity)
+    run = ExtractRun(model, options, scheduling, shard_bytes, encoder_factory)
+    extra: dict[str, Any] = {"run": run}
+    options_ = RunOptions(local=scheduling.local, workers=scheduling.workers, ray_address=scheduling.ray_address,
+                          rebuild=rebuild, progress=progress, command=command or ("extract", "--root", str(root.path)))
+    result = run_stage(ExtractStage(), root, config, options_, extra=extra)
+    counts = result.counts
+    summary = ExtractSummary(scenes=counts.get("units", 0), extracted=counts.get("extracted", 0),
+                             skipped=result.skipped, failed=result.failed, frames=extra.get("frames", 0),
+                             seconds=extra.get("seconds", 0.0), shards=counts.get("shards", 0),
+                             samples=counts.get("samples", 0), removed_debris=extra.get("removed_debris", []),
+                             aborted=extra.get("aborted"))
+    if summary.aborted:
+        print(f"vlm3r-data extract: aborted: {summary.aborted}; rerun to resume", file=sys.stderr)
+    return summary
