@@ -372,6 +372,26 @@ class Scheduling:
 Result = tuple[SceneJob, "TokenSample | None", "SceneError | None"]
 
 
+class ClusterTooSmall(RuntimeError):
+    """The Ray cluster lacks the resources the scheduling asks for (checked before any work)."""
+
+
+def check_cluster(scheduling: Scheduling) -> None:
+    """Start (or join) Ray and check that it has the GPUs the model actors ask for; ClusterTooSmall if not."""
+    import ray
+
+    from pipeline.core.parallel import init_ray
+
+    if scheduling.local:
+        return
+    # A local cluster gets CPUs for the decode workers on top of the actors' own, or decoding could starve.
+    init_ray(scheduling.workers + scheduling.actors * scheduling.actor_cpus, scheduling.ray_address)
+    gpus = ray.cluster_resources().get("GPU", 0.0)
+    if scheduling.num_gpus * scheduling.actors > gpus:
+        raise ClusterTooSmall(f"{scheduling.actors} model actor(s) x {scheduling.num_gpus:g} GPU need more GPUs than "
+                              f"the Ray cluster has ({gpus:g}); use --num-gpus 0 to run the model on CPU")
+
+
 def iter_extracted(jobs: Sequence[SceneJob], encoder_factory: EncoderFactory, options: ExtractOptions,
                    identity: dict[str, Any], scheduling: Scheduling) -> Iterator[Result]:
     """Yield ``(job, sample, None)`` or ``(job, None, error)`` for every job, in job order.
@@ -415,14 +435,7 @@ def _iter_ray(batches, encoder_factory, options, identity, scheduling: Schedulin
     import ray
     from ray.exceptions import RayActorError, RayTaskError
 
-    from pipeline.core.parallel import init_ray
-
-    # A local cluster gets CPUs for the decode workers on top of the actors' own, or decoding could starve.
-    init_ray(scheduling.workers + scheduling.actors * scheduling.actor_cpus, scheduling.ray_address)
-    gpus = ray.cluster_resources().get("GPU", 0.0)
-    if scheduling.num_gpus * scheduling.actors > gpus:
-        raise ValueError(f"{scheduling.actors} model actor(s) x {scheduling.num_gpus} GPU need more GPUs than the "
-                         f"Ray cluster has ({gpus:g}); use --num-gpus 0 to run the model on CPU")
+    check_cluster(scheduling)
     decode = ray.remote(num_cpus=1, max_retries=scheduling.retries)(decode_or_error)
     actor_cls = ray.remote(num_cpus=scheduling.actor_cpus, num_gpus=scheduling.num_gpus,
                            max_restarts=scheduling.retries, max_task_retries=scheduling.retries)(TokenActor)

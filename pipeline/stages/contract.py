@@ -215,6 +215,10 @@ class Stage:
         """Where the outputs are (for the summary)."""
         return str(root.path)
 
+    def error_keys(self, unit: Unit) -> list[tuple[str, str]]:
+        """The (dataset, scene_id) keys of the error rows a run of ``unit`` replaces."""
+        return [(unit.dataset, unit.scene_id) if unit.dataset else ("", unit.scene_id or unit.id)]
+
 
 class _UnitRunner:
     """Picklable ``job -> run_unit(job, config)`` for Ray tasks (a bound method of a stage would do too, but this
@@ -549,7 +553,7 @@ def _record_errors(ctx: Context, stage: Stage, processed: Iterable[Unit], outcom
     """Replace the stage's error rows of the processed units (and of the scenes their outcomes name). A failed
     write (full disk, read-only root) is said in one line and does not hide the units' own errors, which were
     printed as they came."""
-    keys = {(u.dataset, u.scene_id) if u.dataset else ("", u.scene_id or u.id) for u in processed}
+    keys = {key for u in processed for key in stage.error_keys(u)}
     errors = [e for o in outcomes for e in o.errors]
     keys |= {(e.dataset, e.scene_id) for e in errors}
     try:

@@ -95,6 +95,17 @@ class ExtractStage(ShardStage):
                                                        manifest_sha), dataset=dataset, scene_id=scene_id))
         return units
 
+    def prepare(self, ctx: Context, work: list[Work], done: list[Work], markers) -> tuple[list[Work], list[Work]]:
+        """Check the cluster first: a run that cannot start must not remove anything."""
+        from workers.extract import ClusterTooSmall, check_cluster
+
+        if work:
+            try:
+                check_cluster(ctx.extra["run"].scheduling)
+            except ClusterTooSmall as exc:
+                raise StageRefused(f"extract: {exc}") from None
+        return super().prepare(ctx, work, done, markers)
+
     def execute(self, ctx: Context, work: list[Work]) -> Iterator[Outcome]:
         from tqdm import tqdm
 
@@ -193,3 +204,28 @@ def extract_root(root, model, options, scheduling, *, shard_bytes: int = DEFAULT
     if summary.aborted:
         print(f"vlm3r-data extract: aborted: {summary.aborted}; rerun to resume", file=sys.stderr)
     return summary
+
+
+
+def save_token_samples(root: DatasetRoot, samples, identity: Mapping[str, Any], *,
+                       max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> None:
+    """Write token samples made elsewhere (tests, other front ends) exactly as the extract stage does: shards in
+    order, each sample with its unit's marker (reading its ingested scene's frames), then the index."""
+    from pipeline.core.markers import Marker, fingerprint, ref
+    from pipeline.core.shards import ShardWriter, complete_shards, sample_digest, write_index
+    from pipeline.core.tokens import sample_members
+    from pipeline.stages.ingest import IngestStage
+
+    stage = ExtractStage()
+    ingested = IngestStage().ledger().read(root)
+    config = dict(identity)
+    with ShardWriter(root.tokens_dir, max_shard_bytes=max_shard_bytes, identity=config) as writer:
+        for sample in samples:
+            unit = f"{sample.meta['dataset']}/{sample.meta['scene_id']}"
+            upstream = {ref("ingest", unit, "frames"): ingested[unit].output_of("frames")} if unit in ingested else {}
+            members = sample_members(sample)
+            marker = Marker(stage.name, stage.name, unit,
+                            fingerprint(stage.name, stage.name, stage.version, config, upstream), stage.version,
+                            config, upstream, sample_digest(members), {}, sample_marker_stats(sample))
+            writer.write_members(sample.key, members, marker.to_json())
+    write_index(root.tokens_dir, complete_shards(root.tokens_dir), config)

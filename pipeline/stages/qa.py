@@ -218,6 +218,10 @@ class QAStage(Stage):
     def outputs(self, root: DatasetRoot) -> str:
         return str(root.qa_dir)
 
+    def error_keys(self, unit: Unit) -> list[tuple[str, str]]:
+        """A question file's own rows and those of its scenes (a rerun that succeeds clears both)."""
+        return [("", unit.id), *unit.job.scenes]
+
     def units(self, ctx: Context) -> list[Unit]:
         config: QAStageConfig = ctx.config
         graphs = ctx.ledgers.markers("graph")
@@ -286,8 +290,11 @@ class QAStage(Stage):
         ledger = ctx.ledgers.of(self.name)
         for w in work:
             marker, errors = self._write_file(ctx, w, results, failures)
+            if errors:      # written for inspection, but not done: a rerun retries the failed scenes
+                yield Outcome(w.unit, errors=errors)
+                continue
             ledger.write(ctx.root, marker)
-            yield Outcome(w.unit, marker=marker, errors=errors)
+            yield Outcome(w.unit, marker=marker)
 
     def _write_file(self, ctx: Context, w: Work, results: dict, failures: dict):
         config: QAStageConfig = ctx.config
@@ -330,3 +337,23 @@ class QAStage(Stage):
             recorded[job.split] = sorted(scene_key(d, s) for d, s in job.scenes)
         write_json(path, dict(sorted(recorded.items())))
         return {o.unit.id: o.marker.stats["questions"] for o in outcomes if o.marker is not None}
+
+
+def save_qa_file(root: DatasetRoot, bench: str, split: str, records: list[dict[str, Any]],
+                 config: QAStageConfig | None = None) -> None:
+    """Write a question file made elsewhere (tests, hand-made benchmark files) and its done-marker, as the qa stage
+    leaves them (records as given, one canonical JSON line each)."""
+    from pipeline.core.markers import Marker, fingerprint
+    from pipeline.core.qa_records import dumps_record
+
+    stage = QAStage()
+    path = root.qa_file(bench, split)
+    with atomic_open(path, "w") as fh:
+        for r in records:
+            fh.write(dumps_record(r) + "\n")
+    settings = (config or QAStageConfig()).to_dict()
+    marker = Marker(stage.name, stage.name, f"{bench}/{split}", fingerprint(stage.name, stage.name, stage.version,
+                                                                            settings, {}),
+                    stage.version, settings, {}, sha256_file(path), {},
+                    {"questions": len(records), "scenes": len({r.get("scene_key") for r in records})})
+    stage.ledger().write(root, marker)

@@ -524,7 +524,7 @@ def render_markdown(data: ReportData, plots: dict[str, str], out_dir: Path) -> s
     lines += _table(["stage", "state", "done", "total", "stale", "failed", "pending", "unit", "outputs (in the root)"],
                     [[s.stage, s.state, s.done, s.total, s.stale, s.failed, s.pending, s.unit,
                       f"`{_rel(s.outputs, Path(data.status.root))}`" if s.outputs else ""]
-                     for s in data.status.stages],
+                     for s in data.status.stages if s.stage != "stats"],     # not the report itself
                     left=2)
     stale = [(s.stage, unit, why) for s in data.status.stages for unit, why in s.stale_units.items()]
     if stale:

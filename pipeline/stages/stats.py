@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pipeline.core.atomic import sha256_file
-from pipeline.core.errors import ErrorRow, InputError
+from pipeline.core.errors import InputError
 from pipeline.core.layout import DONE_MARKER, DatasetRoot
-from pipeline.stages.contract import Context, FileLedger, Outcome, Stage, Unit, Work
+from pipeline.stages.contract import Context, FileLedger, Outcome, Stage, StageRefused, Unit, Work
 
 REPORT = "report"
 
@@ -44,11 +44,11 @@ class StatsStage(Stage):
             try:
                 result = write_report(ctx.root, Path(ctx.config.out_dir) if ctx.config.out_dir else None,
                                       ledgers=ctx.ledgers)
-            except InputError as exc:
-                yield Outcome(item.unit, errors=[ErrorRow.from_exception(self.name, "", REPORT, exc)])
-                continue
+            except InputError as exc:     # the report reads the whole root: a malformed file stops it
+                raise StageRefused(f"stats: {exc}") from None
             print(f"stats: {result.total_questions} questions, {len(result.plot_paths)} plots -> {result.report_path}")
             marker = item.marker(self, ctx, sha256_file(result.report_path), {"questions": result.total_questions,
                                                                              "plots": len(result.plot_paths)})
-            ctx.ledgers.of(self.name).write(ctx.root, marker)
+            if not ctx.config.out_dir:    # a report written elsewhere is not the root's
+                ctx.ledgers.of(self.name).write(ctx.root, marker)
             yield Outcome(item.unit, marker=marker)

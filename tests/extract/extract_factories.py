@@ -3,7 +3,7 @@
 * :func:`ingest_synthetic`: synthetic scenes written as a raw ScanNet release and read back by ``vlm3r-data ingest``
   (colour = JPEG byte ranges inside ``.sens`` files);
 * :func:`write_video_scene`: a canonical scene whose colour references are frames of an mp4 encoded with PyAV,
-  written with ``pipeline.core.scene.write_scene`` exactly as ingest writes scenes;
+  written with ``pipeline.stages.ingest.write_ingested_scene`` exactly as ingest writes scenes;
 * :class:`CrashingFactory`: an encoder factory whose encoder kills its own process (``os._exit``) on a chosen call
   while a flag file exists, to kill a real Ray actor mid-run.
 """
@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.cli import main as cli_main
-from pipeline.core.scene import CanonicalScene, frames_columns, objects_table, write_scene
+from pipeline.core.layout import DatasetRoot
+from pipeline.core.scene import CanonicalScene, frames_columns, objects_table
 from pipeline.core.schemas import FRAMES_SCHEMA, table_from_columns
 from pipeline.sources.scannet_writer import write_scannet
 from pipeline.sources.synthetic import generate_scene
@@ -72,7 +73,9 @@ def write_video_scene(root: Path, video_dir: Path, scene_id: str, seed: int, num
         dataset=dataset, scene_id=scene_id, split="train", frames=table_from_columns(FRAMES_SCHEMA, cols),
         objects=objects, mesh_vertices=synth.vertices, mesh_faces=synth.faces, mesh_colors=synth.colors,
         vertex_instance=synth.vertex_instance, meta={"video_source": str(video)})
-    write_scene(root / "scenes" / dataset / scene_id, scene, num_frames=num_frames)
+    from pipeline.stages.ingest import write_ingested_scene
+
+    write_ingested_scene(DatasetRoot(root), scene, num_frames=num_frames)
     return video
 
 

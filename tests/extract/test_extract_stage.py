@@ -40,7 +40,7 @@ def template(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def clean_hashes(template, tmp_path_factory) -> dict[str, str]:
     """File hashes of a clean in-process run with one video per batch and one sample per shard."""
-    from pipeline.commands.extract import extract_root
+    from pipeline.stages.extract import extract_root
 
     clean = copy_root(template, tmp_path_factory.mktemp("clean") / "root")
     summary = extract_root(clean, ModelSpec("random_tiny"), ExtractOptions(input_size=SIZE, squash_size=SQUASH),
@@ -100,7 +100,7 @@ def test_stage_tokens_match_the_model_and_shards_do_not_depend_on_workers(ray_lo
         assert sample.meta["model_id"] == "cut3r-random-tiny-seed0" and sample.meta["input_size"] == SIZE
 
     info = read_json(one / "info.json")["stages"]["extract"]
-    assert info["counts"]["extracted"] == 5 and info["config"]["identity"]["checkpoint_sha256"] == sha
+    assert info["counts"]["extracted"] == 5 and info["config"]["checkpoint_sha256"] == sha
 
     # a rerun skips everything and leaves the bytes alone; --overwrite redoes them byte for byte
     assert extract(one, *args) == 0
@@ -118,20 +118,27 @@ def test_rerun_refuses_another_configuration(template, tmp_path, capsys):
     assert cli_main(["extract", "--root", str(root), "--random-tiny", "--size", "32", "--squash-size", str(SQUASH),
                      "--local"]) == 2
     err = capsys.readouterr().err
-    assert "input_size=64" in err and "input_size=32" in err and "shard-000000.json" in err
+    assert "extract: the configuration changed" in err and "input_size: 64 -> 32" in err and "--rebuild" in err
     assert extract(root, "--local", "--seed", "1") == 2
-    assert "checkpoint_sha256=" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "checkpoint_sha256: " in err and "model_id: cut3r-random-tiny-seed0 -> cut3r-random-tiny-seed1" in err
     assert file_hashes(root / "tokens") == before
 
-    # a scene re-ingested with another frame list: its tokens in the shards no longer match its manifest
+    # a scene re-ingested with another frame list: its tokens no longer match its manifest
+    from pipeline.core.scene import read_scene
+    from pipeline.stages.ingest import write_ingested_scene
+
     dataset, scene_id = DatasetRoot(root).scenes()[0]
-    scene_dir = DatasetRoot(root).scene_dir(dataset, scene_id)
-    frames = read_table(scene_dir / "frames.parquet", FRAMES_SCHEMA)
-    write_table(scene_dir / "manifest.parquet", build_manifest(frames, num_frames=2), MANIFEST_SCHEMA)
+    scene = read_scene(DatasetRoot(root).scene_dir(dataset, scene_id))
+    write_ingested_scene(DatasetRoot(root), scene, num_frames=2)
     assert extract(root, "--local") == 2
     err = capsys.readouterr().err
-    assert f"frame manifest of {dataset}/{scene_id} changed" in err and "shard-000000.tar" in err
+    assert f"{dataset}/{scene_id}: ingest:{dataset}/{scene_id}#frames" in err and "upstream rebuilt" in err
     assert file_hashes(root / "tokens") == before
+    # --rebuild redoes it: its shard is replaced, the other scenes of that shard are redone with it
+    assert extract(root, "--local", "--rebuild") == 0
+    (sample,) = [s for s in iter_samples(root / "tokens") if s.key == scene_key(dataset, scene_id)]
+    assert sample.num_frames == 2
 
 
 def test_bf16_tokens_are_stored_as_bit_patterns_close_to_float32(template, tmp_path):
@@ -197,7 +204,7 @@ def test_killed_actor_then_rerun_gives_every_scene_exactly_once(ray_local, templ
     from ray import cloudpickle
 
     import extract_factories
-    from pipeline.commands.extract import extract_root
+    from pipeline.stages.extract import extract_root
 
     cloudpickle.register_pickle_by_value(extract_factories)  # the actor process cannot import the test folder
     model = ModelSpec("random_tiny")
@@ -258,7 +265,7 @@ KILLED_DRIVER = """
 import sys
 sys.path.insert(0, {here!r})
 from extract_factories import CrashingFactory
-from pipeline.commands.extract import extract_root
+from pipeline.stages.extract import extract_root
 from workers.extract import ExtractOptions, ModelSpec, Scheduling
 
 model = ModelSpec("random_tiny")
@@ -275,7 +282,7 @@ def test_killed_driver_leaves_debris_that_the_rerun_cleans_up(template, clean_ha
     import subprocess
     import sys
 
-    from pipeline.commands.extract import extract_root
+    from pipeline.stages.extract import extract_root
 
     model = ModelSpec("random_tiny")
     options = ExtractOptions(input_size=SIZE, squash_size=SQUASH)

@@ -50,7 +50,7 @@ def test_ingest_on_ray_matches_in_process_and_resumes(ray_local, raw, tmp_path, 
     capsys.readouterr()
     assert main(["ingest", "--dataset", "scannet", "--raw", str(base / "scannet"), "--out", str(tmp_path / "ray"),
                  "--local"]) == 0
-    assert "0 ingested, 2 already complete" in capsys.readouterr().out
+    assert "0 done, 2 up to date of 2 scenes" in capsys.readouterr().out
     assert _tree_bytes(tmp_path / "ray" / "scenes") == ray_scenes
 
 
@@ -64,7 +64,7 @@ def test_bad_scene_is_an_error_row_and_others_are_ingested(raw, tmp_path, capsys
     sens.write_bytes(sens.read_bytes()[: sens.stat().st_size // 3])
     status = main(["ingest", "--dataset", "scannet", "--raw", str(broken), "--out", str(tmp_path / "root"), "--local"])
     assert status == 1
-    assert "1 ingested, 0 already complete, 1 failed" in capsys.readouterr().out
+    assert "1 done, 0 up to date, 1 failed of 2 scenes" in capsys.readouterr().out
     (row,) = read_errors(tmp_path / "root" / "errors.parquet")
     assert (row.stage, row.dataset, row.scene_id) == ("ingest", "scannet", ids["scannet"][0])
     assert sens.name in row.message and "truncated" in row.message

@@ -127,33 +127,38 @@ def test_objects_derived_fields_and_bad_input(kit, room_scene):
 
 
 def test_write_read_round_trip(tmp_path, kit, room_scene):
+    from pipeline.core.layout import DatasetRoot
+    from pipeline.stages.graph import save_graph
+
     manifest = build_manifest(room_scene.frames)
     graph = build_scene_graph(room_scene, manifest,
                               depths=[kit.analytic_depth(kit.camera_position(k)) for k in range(4)])
-    marker = write_graph(tmp_path / "g", graph, input_hash="abc", config=GraphConfig().to_dict())
-    back = read_graph(tmp_path / "g", verify=True)
+    g, h = DatasetRoot(tmp_path / "g"), DatasetRoot(tmp_path / "h")
+    marker = save_graph(g, graph)
+    folder = g.graph_dir("scannet", "scene0001_00")
+    back = read_graph(folder, verify=True)
     assert (back.dataset, back.scene_id, back.split) == ("scannet", "scene0001_00", "train")
     for name in ("objects", "frames", "visibility"):
         assert getattr(back, name).equals(getattr(graph, name)), name
     assert back.room == json.loads(json.dumps(graph.room))
-    assert marker["stats"]["visibility_rows"] == 4 and marker["input_hash"] == "abc"
-    assert json.loads((tmp_path / "g" / DONE_MARKER).read_text())["sha256"].keys() == {
+    assert marker.stats["visibility_rows"] == 4 and marker.config == {**GraphConfig().to_dict(), "instance_masks": True}
+    assert json.loads((folder / DONE_MARKER).read_text())["stats"]["sha256"].keys() == {
         "objects.parquet", "frames.parquet", "visibility.parquet", "room.json"}
     assert back.objects.schema == GRAPH_OBJECTS_SCHEMA and back.frames.schema == GRAPH_FRAMES_SCHEMA
     assert back.visibility.schema == VISIBILITY_SCHEMA
     # Same input, same bytes.
-    write_graph(tmp_path / "h", build_scene_graph(room_scene, manifest, depths=[
-        kit.analytic_depth(kit.camera_position(k)) for k in range(4)]), input_hash="abc",
-        config=GraphConfig().to_dict())
+    save_graph(h, build_scene_graph(room_scene, manifest, depths=[
+        kit.analytic_depth(kit.camera_position(k)) for k in range(4)]))
+    other = h.graph_dir("scannet", "scene0001_00")
     for name in ("objects.parquet", "frames.parquet", "visibility.parquet", "room.json", DONE_MARKER):
-        assert (tmp_path / "g" / name).read_bytes() == (tmp_path / "h" / name).read_bytes(), name
+        assert (folder / name).read_bytes() == (other / name).read_bytes(), name
     # Incomplete (no marker) and tampered graphs are refused.
-    (tmp_path / "h" / DONE_MARKER).unlink()
+    (other / DONE_MARKER).unlink()
     with pytest.raises(FileNotFoundError):
-        read_graph(tmp_path / "h")
-    (tmp_path / "g" / "room.json").write_text("{}")
+        read_graph(other)
+    (folder / "room.json").write_text("{}")
     with pytest.raises(InputError, match="sha256"):
-        read_graph(tmp_path / "g", verify=True)
+        read_graph(folder, verify=True)
     bad = graph.visibility.drop_columns(["source"])
     graph.visibility = bad
     with pytest.raises(SchemaError):

@@ -12,8 +12,9 @@ import pytest
 from pipeline.cli import main
 from pipeline.core.errors import read_errors
 from pipeline.core.layout import DONE_MARKER, DatasetRoot
-from pipeline.core.scene import objects_table, write_scene
-from scene_graph.graph import list_graphs, read_graph
+from pipeline.core.scene import objects_table
+from pipeline.stages.ingest import write_ingested_scene
+from scene_graph.graph import read_graph
 
 GRAPH_FILES = ("objects.parquet", "frames.parquet", "visibility.parquet", "room.json", DONE_MARKER)
 
@@ -36,28 +37,28 @@ def _make_root(root, kit):
               kit.build_room_scene(scene_id="scene0004_00", objects=empty)]
     dataset_root = DatasetRoot(root)
     for scene in scenes:
-        write_scene(dataset_root.scene_dir(scene.dataset, scene.scene_id), scene)
+        write_ingested_scene(dataset_root, scene)
     return dataset_root
 
 
 def _graph_bytes(root):
     return {(ds, sid, name): (root.graph_dir(ds, sid) / name).read_bytes()
-            for ds, sid in list_graphs(root.path) for name in GRAPH_FILES}
+            for ds, sid in root.graphs() for name in GRAPH_FILES}
 
 
 def test_graph_command_local_then_ray_is_byte_identical(tmp_path, kit, ray_local, capsys):
     local = _make_root(tmp_path / "local", kit)
     assert main(["graph", "--root", str(local.path), "--local"]) == 1          # two scenes fail
     out = capsys.readouterr()
-    assert "2 built, 0 up to date, 2 failed of 4 scenes" in out.out
-    assert list_graphs(local.path) == [("scannet", "scene0001_00"), ("scannet", "scene0002_00")]
+    assert "2 done, 0 up to date, 2 failed of 4 scenes" in out.out
+    assert local.graphs() == [("scannet", "scene0001_00"), ("scannet", "scene0002_00")]
     errors = {e.scene_id: e for e in read_errors(local.errors_path)}
     assert set(errors) == {"scene0003_00", "scene0004_00"}
     assert errors["scene0003_00"].error_type == "InputError" and "non-finite box" in errors["scene0003_00"].message
     assert "no objects" in errors["scene0004_00"].message and errors["scene0004_00"].stage == "graph"
     assert str(local.scene_dir("scannet", "scene0003_00")) == errors["scene0003_00"].path
     info = json.loads(local.info_path.read_text())["stages"]["graph"]
-    assert info["counts"]["built"] == 2 and info["counts"]["failed"] == 2 and info["config"]["floor_seed"] is None
+    assert info["counts"]["done"] == 2 and info["counts"]["failed"] == 2 and info["config"]["floor_seed"] is None
 
     # The scene with measured depth: the chair seen exactly; the table behind the wall not at all.
     graph = read_graph(local.graph_dir("scannet", "scene0001_00"), verify=True)
@@ -78,12 +79,15 @@ def test_graph_command_local_then_ray_is_byte_identical(tmp_path, kit, ray_local
     # A rerun skips the complete, unchanged graphs and retries the failed scenes only.
     capsys.readouterr()
     assert main(["graph", "--root", str(local.path), "--local"]) == 1
-    assert "0 built, 2 up to date, 2 failed of 4 scenes" in capsys.readouterr().out
-    # Fixing the scenes clears their error rows; a changed config rebuilds everything.
+    assert "0 done, 2 up to date, 2 failed of 4 scenes" in capsys.readouterr().out
+    # Fixing the scenes clears their error rows; a changed config is refused, naming the field, until --rebuild.
     for sid in ("scene0003_00", "scene0004_00"):
-        write_scene(local.scene_dir("scannet", sid), kit.build_room_scene(scene_id=sid))
-    assert main(["graph", "--root", str(local.path), "--local", "--floor-seed", "7"]) == 0
-    assert "4 built, 0 up to date, 0 failed of 4 scenes" in capsys.readouterr().out
+        write_ingested_scene(local, kit.build_room_scene(scene_id=sid))
+    assert main(["graph", "--root", str(local.path), "--local", "--floor-seed", "7"]) == 2
+    err = capsys.readouterr().err
+    assert "floor_seed: null -> 7" in err and "--floor-seed 7 --rebuild" in err and "Traceback" not in err
+    assert main(["graph", "--root", str(local.path), "--local", "--floor-seed", "7", "--rebuild"]) == 0
+    assert "4 done, 0 up to date of 4 scenes" in capsys.readouterr().out
     assert [e for e in read_errors(local.errors_path) if e.stage == "graph"] == []
 
 
@@ -99,17 +103,18 @@ def test_import_and_export_meta_commands(tmp_path, kit, capsys):
     meta_path.write_text(json.dumps(meta, indent=4))
     root = DatasetRoot(tmp_path / "root")
     assert main(["import-meta", "--format", "vsibench", "--scene-meta", str(meta_path), "--out", str(root.path)]) == 1
-    assert list_graphs(root.path) == [("scannet", "scene0050_00")]
+    assert root.graphs() == [("scannet", "scene0050_00")]
     assert [e.scene_id for e in read_errors(root.errors_path)] == ["scene0051_00"]   # no objects: an error row
     graph = read_graph(root.graph_dir("scannet", "scene0050_00"))
     assert graph.split == "val" and graph.room["floor_area_m2"] == 18.4 and graph.frames.num_rows == 0
 
     # Add a built graph (with frames) and export everything in VLM-3R's layout.
     from pipeline.core.scene import build_manifest
-    from scene_graph.graph import build_scene_graph, write_graph
+    from pipeline.stages.graph import save_graph
+    from scene_graph.graph import build_scene_graph
 
     scene = kit.build_room_scene()
-    write_graph(root.graph_dir("scannet", scene.scene_id), build_scene_graph(scene, build_manifest(scene.frames)))
+    save_graph(root, build_scene_graph(scene, build_manifest(scene.frames)))
     out = tmp_path / "meta"
     assert main(["export-meta", "--format", "vlm3r", "--root", str(root.path), "--out", str(out)]) == 0
     val = json.loads((out / "val" / "scannet_metadata_val.json").read_text())

@@ -15,7 +15,8 @@ from pipeline.cli import main
 from pipeline.core.errors import read_errors
 from qa_factories import look_pose, make_graph
 from pipeline.core.qa_records import build_prompt
-from scene_graph.graph import write_graph
+from pipeline.core.layout import DatasetRoot
+from pipeline.stages.graph import save_graph
 
 CATS = ["chair", "table", "sofa", "bed", "tv", "lamp", "desk", "plant", "sink", "fan"]
 
@@ -34,7 +35,7 @@ def scene(seed: int, scene_id: str, split: str, dataset: str = "scannet"):
 
 def write_root(root: Path, scenes) -> Path:
     for g in scenes:
-        write_graph(root / "graph" / g.dataset / g.scene_id, g)
+        save_graph(DatasetRoot(root), g)
     return root
 
 
@@ -110,9 +111,9 @@ def test_byte_identical_for_local_one_and_two_ray_workers_and_caps(graphs_root, 
     local = qa_files(tmp_path / "local")
     assert local == qa_files(tmp_path / "w1") == qa_files(tmp_path / "w2")
     # Scenes listed in another order give the same bytes.
-    import scene_graph.graph as graph_module
-    real = graph_module.list_graphs
-    monkeypatch.setattr(graph_module, "list_graphs", lambda root, dataset=None: list(reversed(real(root, dataset))))
+    from pipeline.stages.contract import FileLedger
+    real = FileLedger.read
+    monkeypatch.setattr(FileLedger, "read", lambda self, root: dict(reversed(list(real(self, root).items()))))
     assert run_qa(graphs_root, tmp_path / "reversed", "--local", "--max-per-task", "20") == 0
     assert qa_files(tmp_path / "reversed") == local
     stats = json.loads(local["qa/vstibench/train_stats.json"])
@@ -122,7 +123,7 @@ def test_byte_identical_for_local_one_and_two_ray_workers_and_caps(graphs_root, 
 
 def test_split_guard_fails_when_a_scannet_room_is_in_two_splits(tmp_path, capsys):
     root = write_root(tmp_path / "root", [scene(1, "scene0007_00", "train"), scene(2, "scene0007_01", "val")])
-    assert main(["qa", "--root", str(root), "--local"]) == 1
+    assert main(["qa", "--root", str(root), "--local"]) == 2
     assert "ScanNet room scannet/scene0007 has scans in splits ['train', 'val']" in capsys.readouterr().err
     assert not (root / "qa" / "vsibench").exists()
 
@@ -133,7 +134,7 @@ def test_split_guard_remembers_earlier_runs(tmp_path, capsys):
     # The same scene later shows up as a benchmark scene: refused.
     (root / "qa" / "scenes.json").write_text(json.dumps({"train": ["scannet_scene0001_00"],
                                                          "val": ["scannet_scene0001_00"]}))
-    assert main(["qa", "--root", str(root), "--local", "--bench", "vsibench", "--split", "train"]) == 1
+    assert main(["qa", "--root", str(root), "--local", "--bench", "vsibench", "--split", "train"]) == 2
     assert "scene scannet_scene0001_00 appears in splits ['train', 'val']" in capsys.readouterr().err
 
 
@@ -157,9 +158,9 @@ def test_bad_graph_becomes_an_error_row_and_a_nonzero_exit(tmp_path, capsys):
     assert records and all(json.loads(l)["scene_name"] == "scene0006_00" for l in records)
     stats = json.loads((root / "qa/vsibench/train_stats.json").read_text())
     assert stats["failed_scenes"] == 1
-    assert "1 scene(s) failed" in capsys.readouterr().err
-    # A rerun after the fix clears the error row.
-    write_graph(root / "graph/scannet/scene0005_00", bad)
+    assert "error: qa scannet/scene0005_00: InputError" in capsys.readouterr().err
+    # The file is written for inspection but not done: a rerun after the fix retries and clears the error row.
+    save_graph(DatasetRoot(root), bad)
     assert main(["qa", "--root", str(root), "--local", "--bench", "vsibench"]) == 0
     assert read_errors(root / "errors.parquet") == []
 
@@ -191,11 +192,23 @@ def _routes_table(dataset: str, scene_id: str):
     })
 
 
-def test_route_planning_questions_join_the_vsibench_file_when_routes_exist(tmp_path):
+def _write_routes(root: Path, dataset: str, scene_id: str) -> None:
+    """A routes table and its done-marker, as the routes stage leaves them."""
+    from pipeline.core.atomic import sha256_file
+    from pipeline.core.markers import Marker
     from pipeline.core.schemas import ROUTES_SCHEMA, write_table
+    from pipeline.stages.routes import RoutesStage
+
+    table = DatasetRoot(root).routes_table(dataset, scene_id)
+    write_table(table, _routes_table(dataset, scene_id), ROUTES_SCHEMA)
+    RoutesStage().ledger().write(DatasetRoot(root), Marker("routes", "routes", f"{dataset}/{scene_id}", "fp", 1, {},
+                                                           {}, sha256_file(table), {}, {"routes": 1}))
+
+
+def test_route_planning_questions_join_the_vsibench_file_when_routes_exist(tmp_path):
 
     root = write_root(tmp_path / "root", [scene(1, "scene0001_00", "train"), scene(2, "scene0002_00", "train")])
-    write_table(root / "routes/scannet/scene0001_00.parquet", _routes_table("scannet", "scene0001_00"), ROUTES_SCHEMA)
+    _write_routes(root, "scannet", "scene0001_00")
     assert main(["qa", "--root", str(root), "--local", "--bench", "vsibench", "--tasks", "route_planning"]) == 0
     records = [json.loads(l) for l in (root / "qa/vsibench/train.jsonl").read_text().splitlines()]
     assert [r["question_type"] for r in records] == ["route_planning"]

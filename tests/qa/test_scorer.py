@@ -152,24 +152,46 @@ def test_ground_truth_as_predictions_scores_100_on_generated_questions(tmp_path)
         assert report.missing == 0
 
 
-def test_eval_command_writes_scores_and_counts_bad_lines(tmp_path, capsys):
+def test_eval_is_strict_about_malformed_duplicate_unknown_and_missing_predictions(tmp_path, capsys):
     q = tmp_path / "q.jsonl"
     _write_jsonl(q, [VSI_MC, NA_100, {"id": 3, "question_type": "object_counting", "options": None, "ground_truth": "2"}])
-    p = tmp_path / "p.jsonl"
-    _write_jsonl(p, [{"id": 0, "prediction": "A."}, {"id": 2, "prediction": "90"}, "{not json",
-                     {"id": 7, "prediction": "1"}, {"id": 0, "prediction": "B"}, {"id": 5}, "[1, 2]"])
     out = tmp_path / "scores.json"
-    assert main(["eval", "--questions", str(q), "--predictions", str(p), "--out", str(out)]) == 0
+    p = tmp_path / "p.jsonl"
+
+    def run(rows, *extra):
+        _write_jsonl(p, rows)
+        capsys.readouterr()
+        status = main(["eval", "--questions", str(q), "--predictions", str(p), "--out", str(out), *extra])
+        return status, capsys.readouterr()
+
+    good = [{"id": 0, "prediction": "A."}, {"id": 2, "prediction": "90"}, {"id": 3, "prediction": "1"}]
+    # Every kind of bad line is counted in one refusal, with exit 1 and no scores written.
+    status, printed = run(good + ["{not json", {"id": 7, "prediction": "1"}, {"id": 0, "prediction": "B"}, {"id": 5},
+                                  "[1, 2]"])
+    assert status == 1 and not out.exists()
+    assert "3 malformed line(s)" in printed.err and "1 duplicate id(s) ('0')" in printed.err
+    assert "1 id(s) that are no question" in printed.err and "Traceback" not in printed.err + printed.out
+    # A duplicate id alone is refused, even with --allow-missing: the first one never silently wins.
+    status, printed = run(good + [{"id": 2, "prediction": "40"}], "--allow-missing")
+    assert status == 1 and "1 duplicate id(s) ('2')" in printed.err
+    # An unknown id alone, a malformed line alone.
+    assert run(good + [{"id": 99, "prediction": "A"}])[0] == 1
+    assert run(good + ["oops"])[0] == 1
+    # Missing predictions: refused by default, scored as wrong with --allow-missing; an empty file is all missing.
+    status, printed = run(good[:2])
+    assert status == 1 and "1 question(s) without a prediction" in printed.err and not out.exists()
+    status, printed = run(good[:2], "--allow-missing")
+    assert status == 0
     scores = json.loads(out.read_text())
-    assert scores["object_rel_direction_easy"] == 100.0
-    assert scores["object_size_estimation"] == pytest.approx(90.0)
-    assert scores["object_counting"] == 0.0
-    assert scores["missing"] == 1 and scores["unknown_ids"] == 1 and scores["duplicate_ids"] == 1
-    assert scores["malformed_lines"] == 3
+    assert scores["object_rel_direction_easy"] == 100.0 and scores["object_size_estimation"] == pytest.approx(90.0)
+    assert scores["object_counting"] == 0.0 and scores["missing"] == 1
     assert scores["overall"] == pytest.approx((100 + 90 + 0) / 3)
-    printed = capsys.readouterr()
-    assert "missing predictions: 1" in printed.out and "overall" in printed.out
-    assert "not valid JSON" in printed.err
+    assert "missing predictions: 1 (scored as wrong)" in printed.out
+    status, printed = run([])
+    assert status == 1 and "3 question(s) without a prediction" in printed.err
+    assert run([], "--allow-missing")[0] == 0 and json.loads(out.read_text())["overall"] == 0.0
+    # All good: exit 0.
+    assert run(good)[0] == 0 and json.loads(out.read_text())["missing"] == 0
 
 
 def test_eval_command_rejects_bad_question_files(tmp_path, capsys):
@@ -182,17 +204,41 @@ def test_eval_command_rejects_bad_question_files(tmp_path, capsys):
     assert main(["eval", "--questions", str(tmp_path / "nope.jsonl"), "--predictions", str(p)]) == 2
 
 
+def _qa_file_made_by_the_qa_stage(root, bench: str, split: str, rows) -> None:
+    from pipeline.core.atomic import sha256_file
+    from pipeline.core.layout import DatasetRoot
+    from pipeline.core.markers import Marker
+    from pipeline.stages.qa import QAStage
+
+    path = DatasetRoot(root).qa_file(bench, split)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_jsonl(path, rows)
+    QAStage().ledger().write(DatasetRoot(root), Marker("qa", "qa", f"{bench}/{split}", "fp", 1, {}, {},
+                                                       sha256_file(path), {}, {"questions": len(rows)}))
+
+
 def test_eval_root_scores_every_predictions_file_into_root_eval(tmp_path, capsys):
     root = tmp_path / "root"
-    (root / "qa" / "vsibench").mkdir(parents=True)
+    _qa_file_made_by_the_qa_stage(root, "vsibench", "val", [VSI_MC, NA_100])
     (root / "train" / "predictions").mkdir(parents=True)
-    _write_jsonl(root / "qa" / "vsibench" / "val.jsonl", [VSI_MC, NA_100])
     _write_jsonl(root / "train" / "predictions" / "vsibench_val.jsonl",
                  [{"id": 0, "prediction": "A."}, {"id": 2, "prediction": "90"}])
     assert main(["eval", "--root", str(root)]) == 0
     scores = json.loads((root / "eval" / "vsibench_val.json").read_text())
     assert scores["object_size_estimation"] == pytest.approx(90.0) and scores["missing"] == 0
+    # Predictions from outside the predict stage: their digest is the input; a changed file is refused until
+    # --rebuild (the scores would no longer match them).
+    _write_jsonl(root / "train" / "predictions" / "vsibench_val.jsonl",
+                 [{"id": 0, "prediction": "B"}, {"id": 2, "prediction": "90"}])
+    capsys.readouterr()
+    assert main(["eval", "--root", str(root)]) == 2
+    assert "vsibench/val" in capsys.readouterr().err
+    assert main(["eval", "--root", str(root), "--rebuild"]) == 0
+    assert json.loads((root / "eval" / "vsibench_val.json").read_text())["object_rel_direction_easy"] == 0.0
     assert main(["eval", "--root", str(root), "--questions", str(root / "x.jsonl")]) == 2
     assert main(["eval", "--root", str(tmp_path / "empty")]) == 2
+    assert "dataset root not found" in capsys.readouterr().err
+    (tmp_path / "bare").mkdir()
+    assert main(["eval", "--root", str(tmp_path / "bare")]) == 2
     assert "no <bench>_<split>.jsonl predictions" in capsys.readouterr().err
     assert main(["eval"]) == 2

@@ -198,4 +198,6 @@ def test_empty_root_gets_a_report_without_plots(tmp_path):
     assert not IMAGE_RE.findall(text)
     assert not (root / "report" / "plots").exists()
     rows = table(section(text, "Stages"))
-    assert [r["state"] for r in rows] == ["not run"] * 8
+    assert [r["stage"] for r in rows] == ["ingest", "extract", "graph", "routes", "qa", "pack", "train", "predict",
+                                          "eval"]
+    assert [r["state"] for r in rows] == ["not run"] * 9

@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.core.scene import CanonicalScene, frames_columns, write_scene
+from pipeline.core.layout import DatasetRoot
+from pipeline.core.scene import CanonicalScene, frames_columns
 from pipeline.core.schemas import FRAMES_SCHEMA, table_from_columns
 
 
@@ -20,9 +21,10 @@ def write_layout_scene(root: Path, dataset: str, scene_id: str, vertices: np.nda
     scene = CanonicalScene(dataset=dataset, scene_id=scene_id, split="train",
                            frames=table_from_columns(FRAMES_SCHEMA, cols), objects=objects,
                            mesh_vertices=np.asarray(vertices, np.float64), mesh_faces=np.asarray(faces, np.int64))
-    scene_dir = root / "scenes" / dataset / scene_id
-    write_scene(scene_dir, scene)
-    return scene_dir
+    from pipeline.stages.ingest import write_ingested_scene
+
+    write_ingested_scene(DatasetRoot(root), scene)
+    return DatasetRoot(root).scene_dir(dataset, scene_id)
 
 
 @pytest.fixture

@@ -76,13 +76,17 @@ def test_routes_command_outputs_errors_reruns_and_workers(tmp_path, layout_scene
     assert all(r.stage == "routes" and r.error_type == "InputError" for r in errors.values())
     assert not (root / "routes" / "scannet" / "bad_yup.parquet").exists()
     counts = read_json(root / "info.json")["stages"]["routes"]["counts"]
-    assert (counts["done"], counts["failed"], counts["scenes"]) == (2, 4, 6)
+    assert (counts["done"], counts["failed"], counts["units"]) == (2, 4, 6)
 
     first = outputs(root)
-    # An up-to-date rerun skips every good scene; a forced rerun writes the same bytes.
+    # An up-to-date rerun skips every good scene; a rebuild writes the same bytes.
     assert main(["routes", "--root", str(root), "--local", "--backend", "grid", "--reversed"]) == 1
     assert read_json(root / "info.json")["stages"]["routes"]["counts"]["skipped"] == 2
-    assert main(["routes", "--root", str(root), "--local", "--backend", "grid", "--reversed", "--force"]) == 1
+    assert main(["routes", "--root", str(root), "--local", "--backend", "grid", "--reversed", "--rebuild"]) == 1
+    assert outputs(root) == first
+
+    # Another configuration is refused, naming the field; the outputs stay.
+    assert main(["routes", "--root", str(root), "--local", "--backend", "grid"]) == 2
     assert outputs(root) == first
 
     # The same root processed by 2 Ray workers gives byte-identical routes and plots.

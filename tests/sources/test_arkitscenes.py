@@ -18,7 +18,9 @@ from scipy.spatial.transform import Rotation
 from pipeline.core.errors import InputError
 from pipeline.core.frames import decode_colors, decode_depths
 from pipeline.core.ply import write_ply
-from pipeline.core.scene import box_aabb, read_scene as read_canonical, write_scene
+from pipeline.core.layout import DatasetRoot
+from pipeline.core.scene import box_aabb, read_scene as read_canonical
+from pipeline.stages.ingest import write_ingested_scene
 from pipeline.core.schemas import column_as_array
 from pipeline.sources import get_reader
 from pipeline.sources.arkitscenes import (CLASS_NAMES, READER, ArkitScenesReader, ScanInfo, infer_sky_direction,
@@ -389,8 +391,9 @@ def test_scene_writes_canonically(tmp_path):
     make_scan(tmp_path / "raw_root")
     scene = READER.read_scene(tmp_path / "raw_root", VID, "train")
     assert scene.mesh_vertices.shape == (12, 3) and scene.mesh_colors is not None
-    write_scene(tmp_path / "out", scene, num_frames=4)
-    back = read_canonical(tmp_path / "out")
+    root = DatasetRoot(tmp_path / "out")
+    write_ingested_scene(root, scene, num_frames=4)
+    back = read_canonical(root.scene_dir(scene.dataset, scene.scene_id))
     assert back.meta["video_source"] == {"kind": "frames", "path": str(tmp_path.absolute() / "raw_root" / "raw" /
                                                                        "Training" / VID / "lowres_wide")}
     assert back.meta["alignment"] == np.eye(4).tolist() and back.meta["object_uids"] == ["u1", "u2"]

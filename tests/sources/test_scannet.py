@@ -19,7 +19,9 @@ from PIL import Image
 from pipeline.core.errors import InputError
 from pipeline.core.frames import decode_colors, decode_depths
 from pipeline.core.ply import read_ply, write_ply
-from pipeline.core.scene import read_manifest, read_scene, write_scene
+from pipeline.core.layout import DatasetRoot
+from pipeline.core.scene import read_manifest, read_scene
+from pipeline.stages.ingest import write_ingested_scene
 from pipeline.core.schemas import column_as_array
 from pipeline.sources import get_reader
 from pipeline.sources.scannet import READER, list_scenes, read_instance_mask, read_label_map, read_scene_meta
@@ -333,8 +335,9 @@ def test_fixture_lists_and_ingests(fixture_root, tmp_path):
     assert list_scenes(fixture_root) == [(SCENE, "train")]
     assert list_scenes(fixture_root, "val") == []
     scene = READER.read_scene(fixture_root, SCENE, "train")
-    out = tmp_path / "root" / "scenes" / "scannet" / SCENE
-    stats = write_scene(out, scene, num_frames=4)
+    root = DatasetRoot(tmp_path / "root")
+    out = root.scene_dir("scannet", SCENE)
+    stats = write_ingested_scene(root, scene, num_frames=4).stats
     assert stats["valid_frames"] == 9 and stats["objects"] == 3
     back = read_scene(out)
     assert back.meta["alignment"] == ALIGN.tolist()

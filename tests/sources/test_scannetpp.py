@@ -21,7 +21,9 @@ import pytest
 from pipeline.core.errors import InputError
 from pipeline.core.frames import decode_colors, decode_depths
 from pipeline.core.ply import write_ply
-from pipeline.core.scene import box_aabb, read_scene as read_canonical, write_scene
+from pipeline.core.layout import DatasetRoot
+from pipeline.core.scene import box_aabb, read_scene as read_canonical
+from pipeline.stages.ingest import write_ingested_scene
 from pipeline.core.schemas import column_as_array
 from pipeline.sources import get_reader
 from pipeline.sources.colmap import (camera_to_world_to_nerfstudio, nerfstudio_to_camera_to_world, qvec_to_rotmat,
@@ -568,8 +570,9 @@ def test_synthetic_round_trip(tmp_path, kind, container, encoding):
         np.testing.assert_allclose(depth, expected, atol=5e-4 if encoding == "lz4_records" else 1e-6, rtol=0)
 
     # The canonical scene writes and reads back (schemas valid, meta JSON-clean).
-    out = tmp_path / "canonical"
-    stats = write_scene(out, scene, num_frames=4)
+    root = DatasetRoot(tmp_path / "canonical")
+    out = root.scene_dir(scene.dataset, scene.scene_id)
+    stats = write_ingested_scene(root, scene, num_frames=4).stats
     assert stats["valid_frames"] == len(truth.timestamps) - len(truth.invalid_frames)
     back = read_canonical(out)
     assert back.meta["video_source"]["kind"] == "video" and back.meta["alignment_source"].startswith("identity")

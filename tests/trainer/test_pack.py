@@ -20,6 +20,7 @@ from pipeline.core.scene import read_manifest
 from pipeline.core.tokens import iter_samples
 from pipeline.core.shards import read_index
 from pipeline.core.train_samples import SceneSample, iter_scene_samples
+from pipeline.stages.qa import save_qa_file
 
 SPECS = [SceneSpec("scannet", "scene0000_00", "train", 5),
          SceneSpec("scannet", "scene0001_00", "train", 4, with_jpegs=False),
@@ -81,7 +82,7 @@ def test_pack_round_trip_keeps_benchmark_scenes_out(root):
                 assert got.shape == (384, 384, 3) and np.abs(got - expect).mean() < 8.0
     counts = read_qa_counts(root.path / "train_shards")
     assert {k: n for shard in counts.values() for k, n in shard.items()} == {k: len(s.qa) for k, s in samples.items()}
-    assert read_json(root.info_path)["stages"]["pack"]["counts"]["benchmark_scenes_skipped"] == 1
+    assert read_json(root.info_path)["stages"]["pack"]["counts"]["benchmark_scenes_left_out"] == 1
 
 
 def test_pack_is_reproducible_and_resumes_only_missing_scenes(root):
@@ -94,13 +95,17 @@ def test_pack_is_reproducible_and_resumes_only_missing_scenes(root):
     assert _hashes(out) == first and (out / "index.json").read_bytes() == index_before
     # A killed run: the last shard lost its marker and a temporary file is left behind.
     (out / "_done" / "shard-000002.json").unlink()
-    (out / ".shard-000003.tar.tmp").write_bytes(b"partial")
+    (out / ".shard-000003.tar.12345.0badcafe.tmp").write_bytes(b"partial")
     assert cli_main(["pack", "--root", str(root.path), "--max-shard-mb", SHARD_MB]) == 0
     assert _hashes(out) == first and (out / "index.json").read_bytes() == index_before
-    assert not (out / ".shard-000003.tar.tmp").exists()
-    # Changed inputs are refused, then repacked on request.
+    assert not (out / ".shard-000003.tar.12345.0badcafe.tmp").exists()
+    # A question file edited behind the qa stage's back is refused, naming it.
     train_qa = root.qa_dir / "vsibench" / "train.jsonl"
-    train_qa.write_text("\n".join(train_qa.read_text().splitlines()[:-1]) + "\n")
+    records = [json.loads(line) for line in train_qa.read_text().splitlines()]
+    train_qa.write_text("".join(json.dumps(r) + "\n" for r in records[:-1]))
+    assert cli_main(["pack", "--root", str(root.path), "--max-shard-mb", SHARD_MB]) == 2
+    # Remade by the qa stage: pack refuses its changed input until --rebuild (--overwrite, its former name).
+    save_qa_file(root, "vsibench", "train", records[:-1])
     assert cli_main(["pack", "--root", str(root.path), "--max-shard-mb", SHARD_MB]) == 2
     assert cli_main(["pack", "--root", str(root.path), "--max-shard-mb", SHARD_MB, "--overwrite"]) == 0
     assert sum(len(s.qa) for s in _train_samples(root).values()) == 11
@@ -111,7 +116,7 @@ def test_a_scene_with_training_and_benchmark_qa_is_a_split_leak(root):
     leaked = json.loads((root.qa_dir / "vsibench" / "train.jsonl").read_text().splitlines()[0])
     val.write_text(val.read_text() + json.dumps({**leaked, "id": 99}) + "\n")
     with pytest.raises(Exception, match="split leak"):
-        load_qa(root.qa_dir)
+        load_qa(root)
     assert cli_main(["pack", "--root", str(root.path)]) == 2
     assert not (root.path / "train_shards").exists()
     shutil.rmtree(root.qa_dir)
@@ -148,7 +153,9 @@ def test_pack_with_precomputed_vision_features_feeds_the_trainer(root):
 def test_a_scene_that_fails_becomes_an_error_row_and_the_rest_is_packed(root):
     from pipeline.core.errors import read_errors
 
-    shutil.rmtree(root.scene_dir("scannet", "scene0001_00"))
+    # scene0001_00's token sample has no JPEGs: pack decodes its frames from the raw PNGs, one of which is damaged.
+    for png in (root.path / "raw" / "scannet_scene0001_00").glob("*.png"):
+        png.write_bytes(b"not a png")
     assert cli_main(["pack", "--root", str(root.path), "--max-shard-mb", SHARD_MB]) == 1
     assert sorted(_train_samples(root)) == ["arkitscenes_41069025", "scannet_scene0000_00"]
     rows = [r for r in read_errors(root.errors_path) if r.stage == "pack"]
@@ -200,7 +207,7 @@ def test_vision_features_from_a_bare_siglip_folder(tmp_path):
     import torch
     from transformers import SiglipConfig, SiglipModel
 
-    from pipeline.commands.pack import _vision_encoder
+    from workers.trainer.vision import vision_encoder
 
     torch.manual_seed(0)
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, image_size=384,
@@ -208,7 +215,7 @@ def test_vision_features_from_a_bare_siglip_folder(tmp_path):
     text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=50)
     siglip = SiglipModel(SiglipConfig(text_config=text, vision_config=vision)).eval()
     siglip.save_pretrained(str(tmp_path / "siglip"))
-    encode, fingerprint = _vision_encoder(str(tmp_path / "siglip"))
+    encode, fingerprint = vision_encoder(str(tmp_path / "siglip"))
     frame = _stripes(500, 700)
     got = encode([frame])
     pil = np.asarray(Image.fromarray(frame).resize((384, 384), Image.Resampling.BICUBIC))

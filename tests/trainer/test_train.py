@@ -97,20 +97,28 @@ def test_loader_is_deterministic_and_skips_exactly_with_workers(packed_root):
 
 
 def test_train_command_trains_and_writes_predictions_the_scorer_reads(packed_root, tmp_path):
+    from pipeline.core.layout import DatasetRoot
+
+    root = DatasetRoot(tmp_path / "root")
+    shutil.copytree(packed_root.path, root.path)
     out = tmp_path / "cli"
-    assert cli_main(["train", "--root", str(packed_root.path), "--tiny", "--steps", "2", "--grad-accum", "1",
-                     "--micro-batch", "2", "--out", str(out), "--predict", "--max-new-tokens", "3",
-                     "--export", str(tmp_path / "export")]) == 0
-    predictions = out / "predictions" / "vsibench_val.jsonl"
+    argv = ["train", "--root", str(root.path), "--tiny", "--steps", "2", "--grad-accum", "1", "--micro-batch", "2",
+            "--out", str(out), "--predict", "--max-new-tokens", "3"]
+    assert cli_main(argv + ["--export", str(tmp_path / "export")]) == 0
+    predictions = root.predictions_dir / "vsibench_val.jsonl"
     rows = [json.loads(line) for line in predictions.read_text().splitlines()]
-    questions = [json.loads(line) for line in (packed_root.qa_dir / "vsibench" / "val.jsonl").read_text().splitlines()]
+    questions = [json.loads(line) for line in (root.qa_dir / "vsibench" / "val.jsonl").read_text().splitlines()]
     assert sorted(r["id"] for r in rows) == sorted(q["id"] for q in questions)
     assert all(isinstance(r["prediction"], str) for r in rows)
     assert (tmp_path / "export" / "non_lora_trainables.bin").is_file()
-    assert cli_main(["eval", "--questions", str(packed_root.qa_dir / "vsibench" / "val.jsonl"),
+    assert cli_main(["eval", "--questions", str(root.qa_dir / "vsibench" / "val.jsonl"),
                      "--predictions", str(predictions), "--out", str(tmp_path / "scores.json")]) == 0
     scores = json.loads((tmp_path / "scores.json").read_text())
     assert scores["missing"] == 0
+    # Done runs and predictions are skipped on a rerun; another recipe is refused until --rebuild.
+    before = predictions.read_bytes()
+    assert cli_main(argv) == 0 and predictions.read_bytes() == before
+    assert cli_main(argv[:-2] + ["--lr", "1e-3"]) == 2
 
 
 @pytest.mark.slow  # ~45 s on a loaded 2-core machine: two Ray Train worker processes import torch/transformers

@@ -10,10 +10,12 @@ import cv2
 import numpy as np
 
 from pipeline.core.layout import DatasetRoot, scene_key
-from pipeline.core.scene import CanonicalScene, frames_columns, objects_table, read_manifest, write_scene
+from pipeline.core.scene import CanonicalScene, frames_columns, objects_table, read_manifest
 from pipeline.core.schemas import FRAMES_SCHEMA, table_from_columns
-from pipeline.core.shards import ShardWriter, write_index
-from pipeline.core.tokens import TokenSample, encode_tokens, write_sample
+from pipeline.core.tokens import TokenSample, encode_tokens
+from pipeline.stages.extract import save_token_samples
+from pipeline.stages.ingest import write_ingested_scene
+from pipeline.stages.qa import save_qa_file
 
 NUM_PATCHES = 729
 TOKEN_WIDTH = 768
@@ -32,8 +34,8 @@ class SceneSpec:
         return scene_key(self.dataset, self.scene_id)
 
 
-def write_ingested_scene(root: DatasetRoot, spec: SceneSpec, *, frames: int = 4, sampled: int = 2,
-                         seed: int = 0) -> None:
+def write_spec_scene(root: DatasetRoot, spec: SceneSpec, *, frames: int = 4, sampled: int = 2,
+                     seed: int = 0) -> None:
     """A canonical scene with ``frames`` PNG frames (48x64), timestamps 0.5 s apart, identity poses."""
     rng = np.random.default_rng(seed)
     image_dir = root.path / "raw" / spec.key
@@ -53,7 +55,7 @@ def write_ingested_scene(root: DatasetRoot, spec: SceneSpec, *, frames: int = 4,
         frames=table_from_columns(FRAMES_SCHEMA, cols),
         objects=objects_table([1], ["chair"], ["chair"], [[0, 0, 0]], [[1, 1, 1]], [np.eye(3)], [0]),
         mesh_vertices=np.eye(3), mesh_faces=np.array([[0, 1, 2]]))
-    write_scene(root.scene_dir(spec.dataset, spec.scene_id), scene, num_frames=sampled)
+    write_ingested_scene(root, scene, num_frames=sampled)
 
 
 def token_sample(root: DatasetRoot, spec: SceneSpec, seed: int) -> TokenSample:
@@ -83,20 +85,17 @@ def qa_record(spec: SceneSpec, index: int, qid: int) -> dict:
 
 
 def build_root(path: Path, specs: list[SceneSpec], *, max_shard_bytes: int = 1 << 30) -> DatasetRoot:
-    """Scenes, token shards (one sample per scene, in key order) and qa/vsibench/<split>.jsonl."""
+    """Scenes, token shards (one sample per scene, in key order) and qa/vsibench/<split>.jsonl, with the done-markers
+    the stages leave."""
     root = DatasetRoot(path)
     for i, spec in enumerate(specs):
-        write_ingested_scene(root, spec, seed=i)
-    with ShardWriter(root.tokens_dir, max_shard_bytes=max_shard_bytes) as writer:
-        for i, spec in enumerate(sorted(specs, key=lambda s: s.key)):
-            write_sample(writer, token_sample(root, spec, seed=100 + i))
-    write_index(root.tokens_dir, writer.records)
+        write_spec_scene(root, spec, seed=i)
+    samples = [token_sample(root, spec, seed=100 + i) for i, spec in enumerate(sorted(specs, key=lambda s: s.key))]
+    save_token_samples(root, samples, {"model_id": "cut3r-test"}, max_shard_bytes=max_shard_bytes)
     by_split: dict[str, list[dict]] = {}
     for spec in specs:
         rows = by_split.setdefault(spec.split, [])
         rows += [qa_record(spec, j, len(rows) + j) for j in range(spec.num_questions)]
     for split, rows in by_split.items():
-        out = root.qa_dir / "vsibench" / f"{split}.jsonl"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        save_qa_file(root, "vsibench", split, rows)
     return root
