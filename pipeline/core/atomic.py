@@ -6,6 +6,7 @@ next run overwrites.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -26,18 +27,26 @@ def _tmp_name(path: Path) -> Path:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path; on success it is fsynced and renamed to ``path``, on failure removed."""
+    """Yield a temporary path; on success it is fsynced and renamed to ``path``, on failure removed. A failed write
+    (full disk, read-only folder) raises an OSError naming ``path``, whatever library wrote the temporary file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename == str(path):
+            raise
+        code = exc.errno if exc.errno is not None else errno.EIO
+        raise type(exc)(code, exc.strerror or str(exc), str(path)) from exc
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 @contextlib.contextmanager

@@ -41,6 +41,10 @@ class ErrorRow:
 
     @classmethod
     def from_exception(cls, stage: str, dataset: str, scene_id: str, exc: BaseException) -> "ErrorRow":
+        if isinstance(exc, OSError) and exc.filename:
+            # A file that could not be read or written (full disk, permissions): name it.
+            return cls(stage, dataset, scene_id, type(exc).__name__, f"{exc.filename}: {exc.strerror or exc}",
+                       str(exc.filename))
         return cls(stage, dataset, scene_id, type(exc).__name__, str(exc), getattr(exc, "path", "") or "")
 
     @property

@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -96,6 +97,9 @@ class RootLock:
             except FileExistsError:
                 self._take_over_if_dead()      # raises LockError while a live holder has it
                 continue
+            except OSError as exc:             # a read-only root, a full disk: the command cannot write here
+                raise type(exc)(exc.errno, f"cannot write in the dataset root ({exc.strerror})",
+                                str(self.path.parent)) from None
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(payload)
             self._held = True
@@ -107,8 +111,6 @@ class RootLock:
         holder = read_holder(self.path)
         if holder is None:
             # Just created by another process that has not written it yet, or damaged: look again shortly.
-            import time
-
             time.sleep(0.2)
             holder = read_holder(self.path)
             if holder is None:

@@ -2,8 +2,8 @@
 
 A marker is written last, after every output of its unit is in place, so a marker always names complete outputs.
 It holds the unit's ``fingerprint`` (a digest of the stage, its config scope and version, its config and the
-fingerprints of the upstream outputs the unit read) and its ``output`` fingerprint (a digest of what it wrote, which
-downstream units record as their upstream). An upstream reference names a unit of a stage, ``<stage>:<unit>``, or a
+fingerprints of the upstream outputs the unit read) and its ``output`` fingerprint (a digest of what it wrote). Its
+``identity`` (the output digest, renewed by every rebuild) is what downstream units record as their upstream. An upstream reference names a unit of a stage, ``<stage>:<unit>``, or a
 named part of its output, ``<stage>:<unit>#<part>`` (e.g. only the frames of an ingested scene).
 """
 from __future__ import annotations
@@ -48,6 +48,7 @@ class Marker:
     output: str                           # digest of what the unit wrote (downstream records it as its upstream)
     parts: dict[str, str] = field(default_factory=dict)    # digests of named parts of the output
     stats: dict[str, Any] = field(default_factory=dict)
+    generation: int = 0                   # how many times the unit was rebuilt over an earlier marker of its own
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -58,13 +59,23 @@ class Marker:
             return cls(stage=str(data["stage"]), scope=str(data["scope"]), unit=str(data["unit"]),
                        fingerprint=str(data["fingerprint"]), version=int(data["version"]),
                        config=dict(data["config"]), upstream=dict(data["upstream"]), output=str(data["output"]),
-                       parts=dict(data.get("parts") or {}), stats=dict(data.get("stats") or {}))
+                       parts=dict(data.get("parts") or {}), stats=dict(data.get("stats") or {}),
+                       generation=int(data.get("generation", 0)))
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(where, f"not a done-marker of this vlm3r-data version ({exc!r}); rebuild the stage "
                                     "with --rebuild") from None
 
-    def output_of(self, part: str | None) -> str | None:
-        return self.output if part is None else self.parts.get(part)
+    @property
+    def identity(self) -> str:
+        """What downstream units record as their upstream: the output digest, renewed by every rebuild (so a rebuild
+        makes what read the old outputs stale, as make would, even when the bytes come out the same)."""
+        return self.identity_of(None) or ""
+
+    def identity_of(self, part: str | None) -> str | None:
+        digest_ = self.output if part is None else self.parts.get(part)
+        if digest_ is None or not self.generation:
+            return digest_
+        return digest({"output": digest_, "generation": self.generation})
 
 
 def fingerprint(stage: str, scope: str, version: int, config: Mapping[str, Any], upstream: Mapping[str, str]) -> str:

@@ -145,11 +145,13 @@ class Work:
 
     unit: Unit
     fingerprint: str
+    generation: int = 0                   # the unit's rebuild count (its old marker's plus one when redone)
 
     def marker(self, stage: "Stage", ctx: Context, output: str, stats: Mapping[str, Any],
                parts: Mapping[str, str] | None = None) -> Marker:
         return Marker(stage.name, stage.scope(ctx.config), self.unit.id, self.fingerprint, stage.version,
-                      config_dict(ctx.config), dict(self.unit.upstream), output, dict(parts or {}), dict(stats))
+                      config_dict(ctx.config), dict(self.unit.upstream), output, dict(parts or {}), dict(stats),
+                      self.generation)
 
 
 class Stage:
@@ -324,7 +326,7 @@ class Ledgers:
         """The current output fingerprint behind an upstream reference (None when that unit has no marker)."""
         stage, unit, part = split_ref(reference)
         marker = self.markers(stage).get(unit)
-        return None if marker is None else marker.output_of(part)
+        return None if marker is None else marker.identity_of(part)
 
     def stale(self, stage: str) -> dict[str, str]:
         """unit -> why, for every unit of ``stage`` whose recorded upstream no longer matches what is there (directly,
@@ -462,11 +464,12 @@ def plan(stage: Stage, ctx: Context) -> tuple[list[Work], list[Work], dict[str, 
     done: list[Work] = []
     moved: list[str] = []
     for unit in units:
-        item = Work(unit, fingerprint(stage.name, scope, stage.version, config, unit.upstream))
+        fp = fingerprint(stage.name, scope, stage.version, config, unit.upstream)
         marker = markers.get(unit.id)
-        if marker is not None and marker.fingerprint == item.fingerprint and not rebuild:
-            done.append(item)
+        if marker is not None and marker.fingerprint == fp and not rebuild:
+            done.append(Work(unit, fp, marker.generation))
             continue
+        item = Work(unit, fp, 0 if marker is None else marker.generation + 1)
         if marker is not None and not rebuild and not changed:
             why = [r for r in sorted(set(marker.upstream) | set(unit.upstream))
                    if marker.upstream.get(r) != unit.upstream.get(r)]

@@ -64,9 +64,9 @@ class EvalStage(Stage):
             if unit not in qa:
                 raise StageRefused(f"eval: {path}: no question file {ctx.root.qa_file(bench, split)} made by the qa "
                                    "stage to score it against")
-            upstream = {ref("qa", unit): qa[unit].output}
+            upstream = {ref("qa", unit): qa[unit].identity}
             if own and unit in predicted:
-                upstream[ref("predict", unit)] = predicted[unit].output
+                upstream[ref("predict", unit)] = predicted[unit].identity
             else:   # predictions from elsewhere: their digest is the record (a changed file is a changed input)
                 upstream[f"file:{path.resolve()}"] = sha256_file(path)
             units.append(Unit(unit, upstream, {"questions": str(ctx.root.qa_file(bench, split)),

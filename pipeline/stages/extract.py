@@ -222,7 +222,7 @@ def save_token_samples(root: DatasetRoot, samples, identity: Mapping[str, Any], 
     with ShardWriter(root.tokens_dir, max_shard_bytes=max_shard_bytes, identity=config) as writer:
         for sample in samples:
             unit = f"{sample.meta['dataset']}/{sample.meta['scene_id']}"
-            upstream = {ref("ingest", unit, "frames"): ingested[unit].output_of("frames")} if unit in ingested else {}
+            upstream = {ref("ingest", unit, "frames"): ingested[unit].identity_of("frames")} if unit in ingested else {}
             members = sample_members(sample)
             marker = Marker(stage.name, stage.name, unit,
                             fingerprint(stage.name, stage.name, stage.version, config, upstream), stage.version,

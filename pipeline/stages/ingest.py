@@ -125,7 +125,7 @@ def list_release(config: IngestConfig, split: str | None) -> list[tuple[str, str
             found = ", ".join(sorted({s for _, s in everything}))
             raise StageRefused(f"ingest: {raw}: no {config.dataset} scene of split {split!r} (splits found: {found})")
     looks = [d for d in recognise(raw) if d != config.dataset]
-    hint = f"; this folder looks like a {' or '.join(looks)} release (--dataset {looks[0]})" if looks else ""
+    hint = f"; this folder has the layout of {' / '.join(looks)} (--dataset {looks[0]})" if looks else ""
     parent = [d for d in recognise(raw.parent) if d == config.dataset] if not looks else []
     if parent:
         hint = f"; {raw} looks like a folder inside a {config.dataset} release: pass its parent ({raw.parent})"
@@ -183,5 +183,5 @@ def iter_scene_units(ctx: Context, dataset: str | None = None, scenes: list[str]
         available = chosen
     for ds, sid in available:
         unit = _unit_id(ds, sid)
-        output = markers[unit].output_of(part)
+        output = markers[unit].identity_of(part)
         yield ds, sid, unit, {ref("ingest", unit, part): output}

@@ -105,7 +105,7 @@ class PackStage(ShardStage):
         except InputError as exc:
             raise StageRefused(f"pack: {exc}") from None
         ctx.extra["qa"] = qa
-        qa_upstream = {ref("qa", unit): fp for unit, fp in sorted(qa.files.items())}
+        qa_upstream = {ref("qa", unit): qa_markers[unit].identity for unit in sorted(qa.files)}
         position = {key: i for i, key in enumerate(k for entry in read_index(ctx.root.tokens_dir)["shards"]
                                                    for k in entry["keys"])}
         units = []
@@ -114,7 +114,7 @@ class PackStage(ShardStage):
             key = scene_key(dataset, scene_id)
             if key in qa.benchmark_keys or not qa.train.get(key) or key not in position:
                 continue
-            units.append(Unit(unit, {ref("extract", unit): marker.output, **qa_upstream},
+            units.append(Unit(unit, {ref("extract", unit): marker.identity, **qa_upstream},
                               {"key": key, "position": position[key]}, dataset=dataset, scene_id=scene_id))
         ctx.extra["counts"] = {
             "benchmark_scenes_left_out": len({k for k in qa.benchmark_keys if k in position}),

@@ -247,11 +247,11 @@ class QAStage(Stage):
         for bench in ctx.extra.get("benches") or BENCHES:
             for split in sorted(splits):
                 scenes = tuple(sorted(k for k, sp in split_of.items() if sp == split))
-                upstream = {ref("graph", f"{d}/{s}"): graphs[f"{d}/{s}"].output for d, s in scenes}
+                upstream = {ref("graph", f"{d}/{s}"): graphs[f"{d}/{s}"].identity for d, s in scenes}
                 with_routes: tuple[tuple[str, str], ...] = ()
                 if bench == "vsibench" and config.route_questions:
                     with_routes = tuple(k for k in scenes if f"{k[0]}/{k[1]}" in routes)
-                    upstream.update({ref("routes", f"{d}/{s}"): routes[f"{d}/{s}"].output for d, s in with_routes})
+                    upstream.update({ref("routes", f"{d}/{s}"): routes[f"{d}/{s}"].identity for d, s in with_routes})
                 units.append(Unit(f"{bench}/{split}", upstream, QAUnitJob(bench, split, scenes, with_routes),
                                   scene_id=f"{bench}/{split}"))
         return units

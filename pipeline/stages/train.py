@@ -59,7 +59,7 @@ class TrainStage(Stage):
         packed = ctx.ledgers.markers("pack")
         if not packed:
             raise StageRefused(f"train: {ctx.root.train_shards_dir}: no training shards (run `vlm3r-data pack`)")
-        return [Unit(FIT, {ref("pack", u): m.output for u, m in sorted(packed.items())}, scene_id=FIT)]
+        return [Unit(FIT, {ref("pack", u): m.identity for u, m in sorted(packed.items())}, scene_id=FIT)]
 
     def prepare(self, ctx: Context, work: list[Work], done: list[Work], markers) -> tuple[list[Work], list[Work]]:
         """A rebuild starts from scratch; a resume (unfinished run, no marker) must have the same settings as the
@@ -159,8 +159,8 @@ class PredictStage(Stage):
             path = ctx.root.qa_file(bench, split)
             keys = {r["scene_key"] for r in iter_records(path)}
             scenes = sorted(u for u in tokens if scene_key(*u.split("/", 1)) in keys)
-            upstream = {ref("train", FIT): fit.output, ref("qa", unit): marker.output,
-                        **{ref("extract", u): tokens[u].output for u in scenes}}
+            upstream = {ref("train", FIT): fit.identity, ref("qa", unit): marker.identity,
+                        **{ref("extract", u): tokens[u].identity for u in scenes}}
             units.append(Unit(unit, upstream, {"questions": str(path), "bench": bench, "split": split},
                               scene_id=unit))
         if not units:
