@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     if args.questions or args.predictions or args.out:
         raise StageRefused("eval: --root scores a whole dataset root; do not combine it with --questions, "
                            "--predictions or --out")
-    from pipeline.stages.contract import run_stage
+    from pipeline.stages.run import run_stage
     from pipeline.stages.eval import EvalConfig, EvalStage
 
     result = run_stage(EvalStage(), DatasetRoot(args.root), EvalConfig(args.bench), run_options(args),

@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.stages.contract import StageRefused
-    from pipeline.stages.extract import extract_root
+    from pipeline.stages.run import extract_root
     from workers.cut3r import Cut3rCheckpointError, Cut3rConfigError
     from workers.extract import ExtractOptions, ModelSpec, Scheduling
 

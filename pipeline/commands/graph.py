@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.stages.contract import run_stage
+    from pipeline.stages.run import run_stage
     from pipeline.stages.graph import GraphStage, scene_graph_config
 
     with config_errors("graph"):

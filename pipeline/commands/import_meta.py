@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.core.atomic import sha256_file
-    from pipeline.stages.contract import StageRefused, run_stage
+    from pipeline.stages.contract import StageRefused
+    from pipeline.stages.run import run_stage
     from pipeline.stages.import_meta import ImportMetaConfig, ImportMetaStage
 
     for path in (args.scene_meta, args.frame_meta):

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.stages.contract import run_stage
+    from pipeline.stages.run import run_stage
     from pipeline.stages.ingest import IngestConfig, IngestStage
 
     with config_errors("ingest"):

@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.stages.contract import run_stage
+    from pipeline.stages.run import run_stage
     from pipeline.stages.qa import QAStage, QAStageConfig
     from qa_templates.config import QAConfig
 

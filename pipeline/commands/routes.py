@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.stages.contract import StageRefused, run_stage
+    from pipeline.stages.contract import StageRefused
+    from pipeline.stages.run import run_stage
     from pipeline.stages.routes import RoutesConfig, RoutesStage
     from scene_graph.navigation import default_backend, habitat_available
 

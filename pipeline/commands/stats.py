@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.stages.contract import run_stage
+    from pipeline.stages.run import run_stage
     from pipeline.stages.stats import StatsConfig, StatsStage
 
     config = StatsConfig(str(args.out.resolve()) if args.out else "")

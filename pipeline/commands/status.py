@@ -15,8 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.core.atomic import dumps_json
+    from pipeline.stages.run import ledgers_of
     from pipeline.stages.status import format_table, root_status
 
-    status = root_status(args.root)
+    status = root_status(ledgers_of(args.root))
     sys.stdout.write(dumps_json(status.to_json()) if args.json else format_table(status))
     return 0

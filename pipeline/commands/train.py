@@ -71,7 +71,8 @@ def _config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.stages.contract import StageRefused, run_stage
+    from pipeline.stages.contract import StageRefused
+    from pipeline.stages.run import run_stage
     from pipeline.stages.train import PredictConfig, PredictStage, TrainStage, TrainStageConfig
 
     root = DatasetRoot(args.root)

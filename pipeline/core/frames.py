@@ -141,7 +141,7 @@ def decode_depths(frames: pa.Table) -> list[np.ndarray | None]:
                 raise InputError(path, "depth PNG missing or corrupt")
             depth = img.astype(np.float32) * r["depth_scale"]
         elif kind in ("depth_bin_deflate_f32", "depth_bin_record"):
-            from pipeline.sources.depth_bin import read_depth_frame
+            from pipeline.core.depth_bin import read_depth_frame
 
             depth = read_depth_frame(path, kind, r["depth_offset"], r["depth_length"], w, h) * np.float32(r["depth_scale"])
         else:

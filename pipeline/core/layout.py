@@ -19,7 +19,6 @@ ROOT/report/report.md, plots/               the dataset report (stats)
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,9 +200,3 @@ def _marked_scene_dirs(base: Path, dataset: str | None) -> list[tuple[str, str]]
         if d.is_dir():
             out += [(ds, p.name) for p in sorted(d.iterdir()) if (p / DONE_MARKER).exists()]
     return out
-
-
-def ensure_dir(path: str | os.PathLike) -> Path:
-    p = Path(path)
-    p.mkdir(parents=True, exist_ok=True)
-    return p

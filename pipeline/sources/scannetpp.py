@@ -15,7 +15,7 @@ Frames, ``stream="iphone"`` (default):
   1920x1440 in the release; the video size when there is no COLMAP) and is scaled to the colour size read from the
   video header (or first image) and to 256x192 for depth. Lens distortion (OPENCV k1 k2 p1 p2) is recorded in ``meta``;
   images are not undistorted.
-- depth: references into ``iphone/depth.bin`` (either encoding, see :mod:`pipeline.sources.depth_bin`).
+- depth: references into ``iphone/depth.bin`` (either encoding, see :mod:`pipeline.core.depth_bin`).
 - cross-check: the COLMAP poses of the registered frames (``iphone/colmap/images.txt``, world-to-camera) are inverted
   and compared with ``aligned_pose``; the largest deviation is recorded, and flagged (and logged) above 1 cm / 1°.
 
@@ -41,7 +41,6 @@ inventory); how many were renamed, benchmark-excluded, unmapped, and in ``top100
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -56,7 +55,7 @@ from pipeline.core.ply import read_ply
 from pipeline.core.scene import CanonicalScene, box_aabb, finite_pose_mask, frames_columns, objects_table
 from pipeline.core.schemas import FRAMES_SCHEMA, table_from_columns
 from pipeline.sources.colmap import (ColmapCamera, read_cameras_txt, read_images_txt, nerfstudio_to_camera_to_world)
-from pipeline.sources.depth_bin import DEPTH_HEIGHT, DEPTH_WIDTH, index_depth_bin
+from pipeline.core.depth_bin import DEPTH_HEIGHT, DEPTH_WIDTH, index_depth_bin
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@
   ``aligned_pose`` (camera-to-world, OpenCV; ``-Infinity`` everywhere for the scene's invalid frames) and a ``pose``
   in an ARKit-like y-up world with an OpenGL camera, which a reader must not use with the mesh;
 - ``iphone/depth.bin`` at the real 256x192 (nearest-neighbour resampled from the rendered depth) in one of
-  :data:`pipeline.sources.depth_bin.ENCODINGS`;
+  :data:`pipeline.core.depth_bin.ENCODINGS`;
 - ``iphone/colmap/{cameras,images,points3D}.txt``: an OPENCV camera and every ``colmap_stride``-th valid frame;
 - optionally ``iphone/rgb/frame_%06d.jpg`` (what the official ``prepare_iphone_data`` extracts).
 
@@ -36,7 +36,7 @@ from pipeline.core.ply import write_ply
 from pipeline.core.scene import box_aabb
 from pipeline.sources.colmap import (ColmapCamera, ColmapImage, rotmat_to_qvec, world_to_camera_inverse,
                                      write_cameras_txt, write_images_txt, write_points3d_txt)
-from pipeline.sources.depth_bin import DEPTH_HEIGHT, DEPTH_WIDTH, write_depth_bin
+from pipeline.core.depth_bin import DEPTH_HEIGHT, DEPTH_WIDTH, write_depth_bin
 from pipeline.sources.synthetic import SyntheticScene
 
 # Structure classes that ScanNet++'s instance benchmark leaves out (its map_benchmark.csv maps them to 'None').

@@ -6,7 +6,7 @@ fingerprints of the upstream outputs it reads, as recorded upstream: nothing big
 its done-markers live (its :class:`Ledger`) and a pure per-unit function (:meth:`Stage.run_unit`; stages that stream
 their units through shared outputs, such as shards, override :meth:`Stage.execute` instead).
 
-:func:`run_stage` does the rest for all of them: the root's writer lock, the rerun rules, Ray or in-process
+:func:`drive` does the rest for all of them: the root's writer lock, the rerun rules, Ray or in-process
 execution, progress, done-markers, error rows, ``info.json``, the summary and the exit status.
 
 Rerun rules, the same for every stage (make, DVC and datatrove's completion markers do the same):
@@ -126,7 +126,10 @@ class Context:
     extra: dict[str, Any] = field(default_factory=dict)   # stage-specific run inputs that are not config
 
     def say(self, text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
+        """A line on stderr that does not break a progress bar being drawn there."""
+        from tqdm import tqdm
+
+        tqdm.write(text, file=sys.stderr)
 
 
 @dataclass
@@ -510,18 +513,29 @@ class BookkeepingFailed(OSError):
     line. The command exits 1."""
 
 
-def run_stage(stage: Stage, root: DatasetRoot, config: Any, options: RunOptions, *,
-              registry: Mapping[str, Stage] | None = None, extra: dict[str, Any] | None = None) -> StageResult:
-    """Run one stage on a root under the writer lock (see the module docstring). Raises StageRefused (exit 2),
-    DatasetRootError and LockError; failed units become error rows (exit 1)."""
-    from pipeline.stages.registry import STAGES
-
-    registry = registry or STAGES
+def drive(stage: Stage, root: DatasetRoot, config: Any, options: RunOptions, *, registry: Mapping[str, Stage],
+              extra: dict[str, Any] | None = None) -> StageResult:
+    """Run one stage on a root under the writer lock (see the module docstring); ``registry``: every stage by name
+    (whose markers this stage's units read). Raises StageRefused (exit 2), DatasetRootError and LockError; failed
+    units become error rows (exit 1)."""
     t0 = time.perf_counter()
-    if stage.creates_root:
-        root.path.mkdir(parents=True, exist_ok=True)
+    created = False
+    if stage.creates_root and not root.path.exists():
+        root.path.mkdir(parents=True)
+        created = True
     elif not root.path.is_dir():
-        raise DatasetRootError(f"{root.path}: dataset root not found")
+        raise DatasetRootError(f"{root.path}: dataset root not found" if not root.path.exists()
+                               else f"{root.path}: not a folder")
+    try:
+        return _run_locked(stage, root, config, options, registry, extra, t0)
+    except BaseException:
+        if created and root.path.is_dir() and not any(root.path.iterdir()):
+            root.path.rmdir()       # a refused first run leaves no empty root behind
+        raise
+
+
+def _run_locked(stage: Stage, root: DatasetRoot, config: Any, options: RunOptions, registry: Mapping[str, Stage],
+                extra: dict[str, Any] | None, t0: float) -> StageResult:
     root.load_info()    # refuses a root of another format version
     with RootLock(root.lock_path, command_line(options.command)):
         ctx = Context(root, config, options, Ledgers(root, registry), extra if extra is not None else {})

@@ -11,15 +11,13 @@ redoing a unit removes its whole shard and redoes the shard's other units too.
 """
 from __future__ import annotations
 
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from pipeline.core.layout import DATASETS, DatasetRoot, scene_key
-from pipeline.stages.contract import (Context, Outcome, RunOptions, ShardStage, StageRefused, Unit, Work,
-                                      run_stage)
+from pipeline.stages.contract import Context, Outcome, ShardStage, StageRefused, Unit, Work
 from pipeline.stages.ingest import iter_scene_units
 
 DEFAULT_SHARD_BYTES = 1_000_000_000
@@ -44,20 +42,6 @@ class ExtractRun:
     scheduling: Any                       # workers.extract.Scheduling
     shard_bytes: int = DEFAULT_SHARD_BYTES
     encoder_factory: Any = None           # builds the encoder inside the actor (default: the model's)
-
-
-@dataclass
-class ExtractSummary:
-    scenes: int = 0
-    extracted: int = 0
-    skipped: int = 0
-    failed: int = 0
-    frames: int = 0
-    seconds: float = 0.0
-    shards: int = 0
-    samples: int = 0
-    removed_debris: list[str] = field(default_factory=list)
-    aborted: str | None = None
 
 
 def sample_marker_stats(sample) -> dict[str, Any]:
@@ -171,40 +155,6 @@ class ExtractStage(ShardStage):
         return {"extracted": sum(1 for o in outcomes if o.marker is not None), "frames": frames,
                 "frames_per_s": round(frames / seconds, 2) if seconds else 0.0,
                 "shards": index["num_shards"], "samples": index["num_samples"]}
-
-
-def extract_root(root, model, options, scheduling, *, shard_bytes: int = DEFAULT_SHARD_BYTES, rebuild: bool = False,
-                 encoder_factory=None, progress: bool = True, command: tuple[str, ...] = ()) -> ExtractSummary:
-    """Extract every ingested scene of ``root`` that is not in a complete shard (the stage, from Python).
-
-    ``model``: a :class:`workers.extract.ModelSpec`; ``encoder_factory``: builds the encoder inside the actor,
-    ``model.build_encoder`` by default (tests pass wrappers). Raises StageRefused when existing shards were made
-    with another identity (unless ``rebuild``)."""
-    from workers.extract import run_identity
-
-    root = root if isinstance(root, DatasetRoot) else DatasetRoot(root)
-    if not root.scenes_dir.is_dir():
-        raise StageRefused(f"extract: {root.path}: no ingested scenes (run `vlm3r-data ingest` first)")
-    try:
-        identity = run_identity(model.describe(), options)
-    except ValueError as exc:                 # e.g. an input size that is no multiple of the model's patch size
-        raise StageRefused(f"extract: {exc}") from None
-    config = ExtractConfig(identity)
-    run = ExtractRun(model, options, scheduling, shard_bytes, encoder_factory)
-    extra: dict[str, Any] = {"run": run}
-    options_ = RunOptions(local=scheduling.local, workers=scheduling.workers, ray_address=scheduling.ray_address,
-                          rebuild=rebuild, progress=progress, command=command or ("extract", "--root", str(root.path)))
-    result = run_stage(ExtractStage(), root, config, options_, extra=extra)
-    counts = result.counts
-    summary = ExtractSummary(scenes=counts.get("units", 0), extracted=counts.get("extracted", 0),
-                             skipped=result.skipped, failed=result.failed, frames=extra.get("frames", 0),
-                             seconds=extra.get("seconds", 0.0), shards=counts.get("shards", 0),
-                             samples=counts.get("samples", 0), removed_debris=extra.get("removed_debris", []),
-                             aborted=extra.get("aborted"))
-    if summary.aborted:
-        print(f"vlm3r-data extract: aborted: {summary.aborted}; rerun to resume", file=sys.stderr)
-    return summary
-
 
 
 def save_token_samples(root: DatasetRoot, samples, identity: Mapping[str, Any], *,

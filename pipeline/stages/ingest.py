@@ -172,6 +172,9 @@ def iter_scene_units(ctx: Context, dataset: str | None = None, scenes: list[str]
 
     markers = ctx.ledgers.markers("ingest")
     available = [(ds, sid) for ds, sid in ctx.root.scenes(dataset) if _unit_id(ds, sid) in markers]
+    if not available:
+        which = f"{dataset} " if dataset else ""
+        raise StageRefused(f"no ingested {which}scenes under {ctx.root.scenes_dir}; run `vlm3r-data ingest` first")
     if scenes:
         wanted = set(scenes)
         chosen = [(ds, sid) for ds, sid in available if sid in wanted or f"{ds}_{sid}" in wanted

@@ -188,16 +188,3 @@ class PackStage(ShardStage):
         write_index(out_dir, records, ctx.config.to_dict())
         write_json(out_dir / QA_COUNTS, {r.file: shard_qa_counts(out_dir / r.file) for r in records})
         return {"shards": len(records), "scenes": sum(len(r.keys) for r in records), **ctx.extra.get("counts", {})}
-
-
-def pack(root: DatasetRoot, *, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, vision_encoder=None,
-         vision_model: str = "", verify_sha256: bool = True, rebuild: bool = False, allow_stale: bool = False):
-    """The pack stage from Python (tests, notebooks): a StageResult."""
-    from pipeline.stages.contract import RunOptions, run_stage
-
-    config = PackConfig(visual=f"vision_features:{vision_model}" if vision_encoder is not None else "jpeg")
-    options = RunOptions(local=True, rebuild=rebuild, allow_stale=allow_stale, progress=False,
-                         command=("pack", "--root", str(root.path)))
-    return run_stage(PackStage(), root, config, options,
-                     extra={"vision_encoder": vision_encoder, "max_shard_bytes": max_shard_bytes,
-                            "verify_sha256": verify_sha256})

@@ -217,13 +217,11 @@ def _collect_routes(root: DatasetRoot, ledgers: Ledgers) -> tuple[dict[str, int]
     return per_scene, turns, plots
 
 
-def collect(root: DatasetRoot | str | Path, ledgers: Ledgers | None = None) -> ReportData:
-    """Read everything the report shows from ``root`` (read-only). Malformed inputs raise InputError naming the file."""
-    from pipeline.stages.registry import STAGES
-
-    root = root if isinstance(root, DatasetRoot) else DatasetRoot(root)
-    ledgers = ledgers or Ledgers(root, STAGES)
-    status = root_status(root)
+def collect(ledgers: Ledgers) -> ReportData:
+    """Read everything the report shows from the ledgers' root (read-only). Malformed inputs raise InputError
+    naming the file."""
+    root = ledgers.root
+    status = root_status(ledgers)
     qa, tasks = _collect_qa(root)
     token_records = complete_shards(root.tokens_dir)
     failures: Counter = Counter()
@@ -640,14 +638,12 @@ class ReportResult:
     total_questions: int
 
 
-def write_report(root: DatasetRoot | str | Path, out_dir: str | Path | None = None,
-                 ledgers: Ledgers | None = None) -> ReportResult:
+def write_report(ledgers: Ledgers, out_dir: str | Path | None = None) -> ReportResult:
     """Collect, plot and write ``<out_dir>/report.md`` (default ``ROOT/report``) with its PNGs in ``plots/``."""
     from matplotlib import style
 
-    root = root if isinstance(root, DatasetRoot) else DatasetRoot(root)
-    out = Path(out_dir) if out_dir is not None else root.report_dir
-    data = collect(root, ledgers)
+    out = Path(out_dir) if out_dir is not None else ledgers.root.report_dir
+    data = collect(ledgers)
     plots_dir = out / PLOTS_DIR
     written: dict[str, str] = {}
     paths = []

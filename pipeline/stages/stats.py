@@ -42,8 +42,7 @@ class StatsStage(Stage):
 
         for item in work:
             try:
-                result = write_report(ctx.root, Path(ctx.config.out_dir) if ctx.config.out_dir else None,
-                                      ledgers=ctx.ledgers)
+                result = write_report(ctx.ledgers, Path(ctx.config.out_dir) if ctx.config.out_dir else None)
             except InputError as exc:     # the report reads the whole root: a malformed file stops it
                 raise StageRefused(f"stats: {exc}") from None
             print(f"stats: {result.total_questions} questions, {len(result.plot_paths)} plots -> {result.report_path}")

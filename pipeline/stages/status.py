@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Iterable
 
 from pipeline.core.errors import ErrorRow, InputError, read_errors
@@ -138,19 +137,15 @@ def _details(name: str, root: DatasetRoot, ledgers: Ledgers, markers) -> dict[st
     return {}
 
 
-def root_status(root: DatasetRoot | str | Path) -> RootStatus:
-    """The status of every stage of ``root``."""
-    from pipeline.stages.registry import STAGES
-
-    root = root if isinstance(root, DatasetRoot) else DatasetRoot(root)
+def root_status(ledgers: Ledgers) -> RootStatus:
+    """The status of every stage of the ledgers' root (``ledgers.registry``: the stages to report, in order)."""
+    root = ledgers.root
     if not root.path.is_dir():
         raise InputError(root.path, "dataset root not found")
-    root = DatasetRoot(root.path.resolve())   # the table says where the outputs are, wherever it ran from
     info = root.load_info()
     errors = load_errors(root)
-    ledgers = Ledgers(root, STAGES)
     rows = []
-    for name, stage in STAGES.items():
+    for name, stage in ledgers.registry.items():
         markers = {u: m for u, m in ledgers.markers(name).items() if m.stage == name}
         stale = {u: why for u, why in ledgers.stale(name).items() if u in markers}
         rows_of_stage = [e for e in errors if e.stage == name]

@@ -8,14 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import pytest
 
 from pipeline.cli import main
 from pipeline.core.errors import read_errors
 from pipeline.core.layout import DatasetRoot
+from pipeline.stages.run import ledgers_of
 from pipeline.stages.status import root_status
 
 
@@ -62,7 +61,7 @@ def test_rerun_rules_on_real_stage_runs(built_root, tmp_path, capsys):
     # --rebuild redoes the stage; what downstream read becomes stale, and status says so.
     status, out, _ = _run(capsys, ["graph", "--root", r, "--depth-tolerance", "0.5", "--rebuild", "--local"])
     assert status == 0 and "3 done, 0 up to date of 3 scenes" in out and "now stale downstream: qa" in out
-    status_now = root_status(root)
+    status_now = root_status(ledgers_of(root))
     qa, pack = status_now.stage("qa"), status_now.stage("pack")
     assert qa.state == "stale" and qa.stale == qa.done == 4
     assert all("graph:scannet/" in why and "was rebuilt" in why for why in qa.stale_units.values())
@@ -90,7 +89,7 @@ def test_rerun_rules_on_real_stage_runs(built_root, tmp_path, capsys):
     assert status == 2 and "qa:vsibench/train" in err and "--rebuild" in err
     status, out, _ = _run(capsys, ["pack", "--root", r, "--rebuild"])
     assert status == 0 and "2 done" in out
-    assert all(s.stale == 0 for s in root_status(root).stages)
+    assert all(s.stale == 0 for s in root_status(ledgers_of(root)).stages)
 
 
 def test_train_predict_and_eval_refuse_stale_inputs(built_root, tmp_path, capsys):
@@ -105,7 +104,7 @@ def test_train_predict_and_eval_refuse_stale_inputs(built_root, tmp_path, capsys
 
     # New questions: the old predictions (and the scores made from them) are stale.
     assert _run(capsys, ["qa", "--root", r, "--max-per-scene-task", "2", "--seed", "1", "--rebuild", "--local"])[0] == 0
-    stale = root_status(root)
+    stale = root_status(ledgers_of(root))
     assert stale.stage("predict").stale == 2 and stale.stage("eval").stale == 2
     assert stale.stage("train").stale == 1       # trained on shards packed from the old questions
     status, _, err = _run(capsys, ["eval", "--root", r, "--allow-missing", "--rebuild"])
@@ -188,7 +187,7 @@ def test_vsibench_meta_info_with_counts_that_disagree_with_the_boxes(tmp_path, c
     assert [(w.severity, w.error_type, w.scene_id) for w in warnings] == [("warning", "InconsistentCounts",
                                                                            "scene0474_04")] * 2
     assert "chair: object_counts says 3, the file has 4 boxes" in warnings[0].message
-    assert root_status(root).error_rows == 0 and root_status(root).warning_rows == 2
+    assert root_status(ledgers_of(root)).error_rows == 0 and root_status(ledgers_of(root)).warning_rows == 2
 
     assert _run(capsys, ["qa", "--root", str(root.path), "--bench", "vsibench", "--local"])[0] == 0
     records = [json.loads(line) for line in root.qa_file("vsibench", "val").read_text().splitlines()]

@@ -7,9 +7,9 @@ import json
 import shutil
 from pathlib import Path
 
-from pipeline.core.atomic import write_json
 from pipeline.cli import main
 from pipeline.core.errors import read_errors
+from pipeline.stages.run import ledgers_of
 from pipeline.stages.status import root_status
 
 
@@ -34,7 +34,7 @@ def test_stages_ran_as_expected(built_root):
 
 def test_status_figures_per_stage(built_root):
     root = built_root.root
-    status = root_status(root)
+    status = root_status(ledgers_of(root))
     errors = read_errors(root / "errors.parquet")
 
     ingest = status.stage("ingest")
@@ -84,7 +84,7 @@ def test_status_figures_per_stage(built_root):
 
 def test_status_is_read_only(built_root):
     before = _tree_digest(built_root.root)
-    root_status(built_root.root)
+    root_status(ledgers_of(built_root.root))
     assert main(["status", "--root", str(built_root.root)]) == 0
     assert _tree_digest(built_root.root) == before
 
@@ -93,7 +93,7 @@ def test_status_command_table_and_json(built_root, capsys):
     root = built_root.root
     assert main(["status", "--root", str(root), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report == json.loads(json.dumps(root_status(root).to_json()))
+    assert report == json.loads(json.dumps(root_status(ledgers_of(root)).to_json()))
     by_stage = {s["stage"]: s for s in report["stages"]}
     assert [s["stage"] for s in report["stages"]] == ["ingest", "extract", "graph", "routes", "qa", "pack", "train",
                                                        "predict", "eval", "stats"]
@@ -113,7 +113,7 @@ def test_incomplete_shard_is_not_done(built_root, tmp_path):
     root = built_root.copy(tmp_path / "root")
     for marker in (root / "tokens" / "_done").glob("*.json"):
         marker.unlink()
-    extract = root_status(root).stage("extract")
+    extract = root_status(ledgers_of(root)).stage("extract")
     assert (extract.done, extract.total, extract.pending, extract.state) == (0, 3, 3, "partial")
 
 
@@ -130,7 +130,7 @@ def test_repaired_scene_clears_the_failure(built_root, tmp_path):
     argv = ["ingest", "--dataset", "scannet", "--raw", str(raw), "--out", str(root), "--num-frames", "4", "--local"]
     assert main(argv) == 2
     assert main(argv + ["--rebuild"]) == 0
-    status = root_status(root)
+    status = root_status(ledgers_of(root))
     ingest = status.stage("ingest")
     assert (ingest.done, ingest.total, ingest.failed, ingest.state) == (4, 4, 0, "done")
     assert ingest.errors_by_type == {}
@@ -143,7 +143,7 @@ def test_repaired_scene_clears_the_failure(built_root, tmp_path):
 def test_fresh_missing_and_bad_roots(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    status = root_status(empty)
+    status = root_status(ledgers_of(empty))
     assert all(s.state == "not run" for s in status.stages)
     assert all(s.done == 0 and s.failed == 0 for s in status.stages)
 

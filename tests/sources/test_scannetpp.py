@@ -28,7 +28,7 @@ from pipeline.core.schemas import column_as_array
 from pipeline.sources import get_reader
 from pipeline.sources.colmap import (camera_to_world_to_nerfstudio, nerfstudio_to_camera_to_world, qvec_to_rotmat,
                                      read_cameras_txt, read_images_txt, rotmat_to_qvec)
-from pipeline.sources.depth_bin import index_depth_bin, read_depth_frame, write_depth_bin
+from pipeline.core.depth_bin import index_depth_bin, read_depth_frame, write_depth_bin
 from pipeline.sources.scannetpp import READER, ScanNetPPReader, list_scenes
 from pipeline.sources.scannetpp_writer import scannetpp_scene_id, write_scannetpp, write_video
 from pipeline.sources.synthetic import SyntheticObject, SyntheticScene, generate_scene

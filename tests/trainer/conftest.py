@@ -23,7 +23,7 @@ def packed_root(tmp_path_factory):
     """Three training scenes (one without JPEGs in its token shard) and one val scene, packed one scene per shard."""
     from trainer_factories import SceneSpec, build_root
 
-    from pipeline.stages.pack import pack
+    from pipeline.stages.run import pack
 
     specs = [SceneSpec("scannet", "scene0000_00", "train", 5),
              SceneSpec("scannet", "scene0001_00", "train", 4, with_jpegs=False),

@@ -2,7 +2,6 @@
 and QA JSON lines, all in the real formats."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
