@@ -30,7 +30,7 @@ from pipeline.core.version import FORMAT_VERSION, __version__
 DATASETS = ("scannet", "scannetpp", "arkitscenes")
 # The stages in pipeline order (what ``run`` runs and ``status`` reports).
 STAGES = ("ingest", "extract", "graph", "routes", "qa", "pack", "train", "eval", "stats")
-BENCHES = ("vsibench", "vstibench")
+BENCHES = ("vsibench", "vstibench", "regionbench")
 # Splits whose scenes are the benchmarks' own: only the benchmarks' question forms are generated for them, they never
 # enter training shards, and their questions are what ``train --predict`` answers and ``eval`` scores.
 BENCHMARK_SPLITS = frozenset({"val", "test"})
