@@ -48,32 +48,7 @@ class RegionConfig:
         return max(1, int(np.ceil(self.min_area_fraction * width * height - 1e-9)))
 
 
-# ---- COCO RLE ----------------------------------------------------------------------------------------------------
-
-def encode_mask(mask: np.ndarray) -> dict[str, Any]:
-    """A boolean [H, W] mask as pycocotools' compressed RLE ``{"size": [H, W], "counts": str}``."""
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise ValueError(f"mask must be 2D, got shape {mask.shape}")
-    rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)[:, :, None]))[0]
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
-
-
-def decode_rle(rle: dict[str, Any]) -> np.ndarray:
-    """pycocotools' compressed RLE (``counts`` as str or bytes) -> boolean [H, W] mask."""
-    counts = rle["counts"]
-    obj = {"size": [int(rle["size"][0]), int(rle["size"][1])],
-           "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    return coco_mask.decode(obj).astype(bool)
-
-
-def rle_bbox_xyxy(rle: dict[str, Any]) -> list[int]:
-    """The box of a compressed RLE in ``bbox_xyxy`` form (pixel edges), from pycocotools' ``toBbox``."""
-    counts = rle["counts"]
-    x, y, w, h = coco_mask.toBbox({"size": list(rle["size"]),
-                                   "counts": counts.encode("ascii") if isinstance(counts, str) else counts})
-    return [int(x), int(y), int(x + w), int(y + h)]
-
+# ---- COCO RLE (encode / decode: pipeline.core.masks) ----------------------------------------------------------------
 
 def region_rle(row: dict[str, Any]) -> dict[str, Any]:
     """The pycocotools RLE object of a REGIONS_SCHEMA row (as a dict, e.g. from ``table.to_pylist()``)."""

@@ -79,7 +79,7 @@ def with_box_regions(graph: SceneGraph, width: int = 64, height: int = 48) -> Sc
     the instance id (real pycocotools RLE of a width x height frame)."""
     from dataclasses import replace
 
-    from scene_graph.regions import encode_mask
+    from pipeline.core.masks import encode_mask
 
     cols: dict[str, list] = {name: [] for name in REGIONS_SCHEMA.names}
     for row in graph.visibility.to_pylist():

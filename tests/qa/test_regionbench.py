@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
+from pipeline.core.masks import decode_rle, rle_bbox_xyxy
 from pipeline.core.qa_records import MASK_TAG, build_prompt, llava_conversation
 from pipeline.core.schemas import column_as_array
 from pipeline.sources.synthetic import canonical_inputs, generate_scene
@@ -20,7 +21,7 @@ from qa_templates.generate import generate_scene as generate_qa
 from qa_templates.scorer import detect_bench, score
 from qa_templates.tasks import tasks_for
 from scene_graph.graph import build_scene_graph
-from scene_graph.regions import RegionConfig, decode_rle, rle_bbox_xyxy
+from scene_graph.regions import RegionConfig
 
 STRUCTURE = {"", "wall", "floor", "ceiling"}
 # The generator stands furniture on the floor; seeds 6 and 12 mount a tv above some of it, whose pairs (never seen
