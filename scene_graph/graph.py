@@ -332,10 +332,13 @@ def _frame_regions(rank, frame: _FramePixels, geo, world_to_camera, n_objects, i
     if len(rows) == 0:
         return None
     rot, trans = world_to_camera[:3, :3], world_to_camera[:3, 3]
-    tri_points = geo.triangles.reshape(-1, 3)
+    wanted = np.zeros(n_objects, bool)
+    wanted[rows] = True                       # only the visible objects' surfaces are projected
+    tri, pts = wanted[geo.tri_owner], wanted[geo.point_owner]
     truncated = regions.truncated_objects(
-        np.concatenate([tri_points, geo.points]) @ rot.T + trans,
-        np.concatenate([np.repeat(geo.tri_owner, 3), geo.point_owner]), n_objects, image_k, image_wh, config.near_m)
+        np.concatenate([geo.triangles[tri].reshape(-1, 3), geo.points[pts]]) @ rot.T + trans,
+        np.concatenate([np.repeat(geo.tri_owner[tri], 3), geo.point_owner[pts]]), n_objects, image_k, image_wh,
+        config.near_m)
     keep = np.isin(frame.owner, rows)
     return regions.frame_region_rows(rank, frame.owner[keep], frame.pixels[keep], frame.grid_wh, frame.grid_k,
                                      image_k, image_wh, _visible_fraction(visible, frame.projected), truncated,

@@ -124,7 +124,8 @@ def frame_region_rows(rank: int, owner: np.ndarray, grid_pixels: np.ndarray, gri
     stops = np.r_[starts[1:], len(owner)]
     out: dict[str, list] = {name: [] for name in ("object_row", "bbox_xyxy", "rle_counts", "visible_pixels",
                                                   "visible_fraction", "truncated")}
-    full = np.zeros((height, width), np.uint8, order="F")
+    full = np.zeros((height, width), np.uint8, order="F")     # pycocotools encodes Fortran-order [H, W, 1]
+    previous = (slice(0, 0), slice(0, 0))
     for row, start, stop in zip(object_rows.tolist(), starts.tolist(), stops.tolist()):
         found = image_mask_crop(grid_pixels[start:stop], grid_wh[0], col_of, row_of)
         if found is None:
@@ -135,8 +136,9 @@ def frame_region_rows(rank: int, owner: np.ndarray, grid_pixels: np.ndarray, gri
             continue
         ys, xs = np.nonzero(crop.any(axis=1))[0], np.nonzero(crop.any(axis=0))[0]
         y0, y1, x0, x1 = ys[0] + y_off, ys[-1] + y_off + 1, xs[0] + x_off, xs[-1] + x_off + 1
-        full[:] = 0
-        full[y_off:y_off + crop.shape[0], x_off:x_off + crop.shape[1]] = crop
+        full[previous] = 0                                 # only the last mask's crop is non-zero
+        previous = (slice(y_off, y_off + crop.shape[0]), slice(x_off, x_off + crop.shape[1]))
+        full[previous] = crop
         rle = coco_mask.encode(full[:, :, None])[0]
         out["object_row"].append(row)
         out["bbox_xyxy"].append([x0, y0, x1, y1])
