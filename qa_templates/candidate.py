@@ -22,6 +22,11 @@ class Candidate:
     categories: tuple[str, ...] = field(default=())   # category names the question mentions
     # How {choices} in the question lists the options: "comma" -> "a, b, c"; "sentence" -> "a, b, and c" / "a and b".
     choice_join: str = "comma"
+    # Region questions (regionbench): the region prompts in mention order (Region [0], [1], ...), each
+    # {"instance_id", "category", "frame_rank", "bbox_xyxy", "rle"}, and the largest number of the question's
+    # instances that one manifest frame shows together (below len(regions): never all in the same frame).
+    regions: tuple[dict, ...] = ()
+    max_regions_per_frame: int = 0
 
     @property
     def is_multiple_choice(self) -> bool:

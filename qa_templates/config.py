@@ -40,6 +40,14 @@ class QAConfig:
     movement_dominance_m: float = 0.15         # forward/back vs left/right must differ by this (else ambiguous)
     dist_change_min_m: float = 0.2             # camera_obj_dist_change: |change| at least this
     min_visible_pixels: int = 1                # an object "appears" in a frame with at least this many pixels
+    # ---- regionbench (SR-3D style; docs qa_tasks.md "Region tasks") -----------------------------------------
+    # region_camera_distance keeps camera-object distances in [cam_obj_min_m, cam_obj_max_m] (VSTI's range).
+    region_min_distance_m: float = 0.2         # region_distance: skip closer pairs (MRA needs a positive answer)
+    region_closest_gap_m: float = 0.15         # region_closest: the two smallest distances differ by at least this
+    region_direction_boundary_deg: float = 10.0  # region_direction: skip within this of 0/135/225 degrees
+    region_vertical_gap_m: float = 0.1         # region_vertical: one bottom at least this above the other's top
+    region_prompt_min_fraction: float = 0.5    # a region prompt prefers frames where the object is untruncated
+                                               # and at least this fraction visible (any frame when none is)
     # ---- caps ------------------------------------------------------------------------------------------------
     # Per (scene, task), as VLM-3R's num_subsample (6). Per task and split over the whole run, chosen so that the
     # full training splits (ScanNet 1,201 + ScanNet++ 856 + ARKitScenes ~4,500 scans, each task able to fill
@@ -48,9 +56,11 @@ class QAConfig:
     max_per_scene_task: int = 6
     max_per_task_vsibench: int = 16_000        # 0 = no cap
     max_per_task_vstibench: int = 11_000       # 0 = no cap
+    max_per_task_regionbench: int = 11_000     # 0 = no cap
 
     def max_per_task(self, bench: str) -> int:
-        return {"vsibench": self.max_per_task_vsibench, "vstibench": self.max_per_task_vstibench}[bench]
+        return {"vsibench": self.max_per_task_vsibench, "vstibench": self.max_per_task_vstibench,
+                "regionbench": self.max_per_task_regionbench}[bench]
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -12,6 +12,7 @@ from qa_templates.options import LetterBalancer, format_number, lettered
 NA_DECIMALS = {
     "object_counting": 0, "object_abs_distance": 1, "object_size_estimation": 0, "room_size_estimation": 1,
     "camera_obj_abs_dist": 1, "camera_displacement": 1, "camera_obj_dist_change": 1,
+    "region_distance": 1, "region_size": 0, "region_same_kind_count": 0, "region_camera_distance": 1,
 }
 
 
@@ -34,6 +35,9 @@ def finalize(candidate: Candidate, balancer: LetterBalancer, *, bench: str, data
         "answer_value": None if candidate.answer_value is None else float(candidate.answer_value),
         "template_version": TEMPLATE_VERSION, "seed": int(run_seed), "video_path": f"{dataset}/{scene_id}.mp4",
     }
+    if candidate.regions:   # only region questions carry these fields: the other benches' bytes stay as they were
+        record["regions"] = [dict(region) for region in candidate.regions]
+        record["max_regions_per_frame"] = int(candidate.max_regions_per_frame)
     if candidate.is_multiple_choice:
         correct = str(candidate.answer)
         distractors = [o for o in candidate.options if o != correct]
@@ -54,6 +58,7 @@ def finalize(candidate: Candidate, balancer: LetterBalancer, *, bench: str, data
         if round(value, decimals) <= 0:
             raise ValueError(f"{record['qa_key']}: numeric ground truth must be positive (MRA divides by it)")
         text = format_number(value, decimals)
+        # VSTI-Bench stores numbers; VSI-Bench (and regionbench, scored the same way) the number as text.
         record.update(question=candidate.question, options=None, answer_text=text,
-                      ground_truth=text if bench == "vsibench" else (int(text) if decimals == 0 else float(text)))
+                      ground_truth=(int(text) if decimals == 0 else float(text)) if bench == "vstibench" else text)
     return record

@@ -37,6 +37,10 @@ class SceneView:
     # object, never a candidate measured to its closest instance (an instance may be missing).
     uncertain: frozenset = frozenset()
     _distances: np.ndarray | None = field(default=None, repr=False)
+    # Region prompts (graphs built with regions): object row -> its regions in rank order, each a dict with
+    # "frame_rank", "bbox_xyxy", "rle" ({"size": [h, w], "counts": str}), "visible_fraction", "truncated".
+    regions: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    _seen_in: dict[int, frozenset[int]] | None = field(default=None, repr=False)
 
     @property
     def key(self) -> str:
@@ -76,6 +80,26 @@ class SceneView:
 
     def frame_label(self, frame: int) -> str:
         return f"frame {int(self.frame_rank[frame]) + 1} of {self.num_frames}"
+
+    def region_rows(self) -> np.ndarray:
+        """Rows of the objects that have at least one region prompt (any category, unique or not), sorted."""
+        return np.array(sorted(self.regions), dtype=np.int64)
+
+    def frames_seen(self, row: int) -> frozenset[int]:
+        """Manifest ranks in which object ``row`` is visible (the visibility table)."""
+        if self._seen_in is None:
+            seen: dict[int, set[int]] = {}
+            for rank, rows in self.visible.items():
+                for r in rows.tolist():
+                    seen.setdefault(r, set()).add(int(rank))
+            self._seen_in = {r: frozenset(ranks) for r, ranks in seen.items()}
+        return self._seen_in.get(int(row), frozenset())
+
+    def max_regions_per_frame(self, rows) -> int:
+        """The largest number of the objects ``rows`` that one manifest frame shows together (the visibility
+        table): 1 for two objects never seen in the same frame, len(rows) when some frame shows them all."""
+        per_frame = Counter(rank for r in rows for rank in self.frames_seen(int(r)))
+        return max(per_frame.values(), default=0)
 
     def first_appearance_s(self, min_pixels: int = 1) -> dict[str, float]:
         """Category -> first time (s) it is visible. room.json's values win (they may use more than the manifest)."""
@@ -132,6 +156,16 @@ def build_view(graph: SceneGraph, min_visible_pixels: int = 1) -> SceneView:
         for r, inst, pix in zip(v_rank.tolist(), v_inst.tolist(), v_pix.tolist()):
             if pix >= min_visible_pixels and inst in row_of_instance:
                 visible.setdefault(r, []).append(row_of_instance[inst])
+    regions: dict[int, list[dict[str, Any]]] = {}
+    region_table = getattr(graph, "regions", None)
+    if region_table is not None:
+        for r in region_table.to_pylist():       # sorted by (rank, instance id): each object's list is in rank order
+            row = row_of_instance.get(int(r["instance_id"]))
+            if row is not None:
+                regions.setdefault(row, []).append({
+                    "frame_rank": int(r["rank"]), "bbox_xyxy": [int(x) for x in r["bbox_xyxy"]],
+                    "rle": {"size": [int(r["mask_height"]), int(r["mask_width"])], "counts": r["rle_counts"]},
+                    "visible_fraction": float(r["visible_fraction"]), "truncated": bool(r["truncated"])})
     return SceneView(
         dataset=graph.dataset, scene_id=graph.scene_id, split=graph.split, room=dict(graph.room or {}),
         instance_id=instance_id[keep_rows], category=category[keep_rows].astype(str).astype(object),
@@ -140,6 +174,7 @@ def build_view(graph: SceneGraph, min_visible_pixels: int = 1) -> SceneView:
         camera_to_world=c2w, frame_valid=declared_valid & finite,
         visible={r: np.array(sorted(set(rows)), dtype=np.int64) for r, rows in visible.items()},
         uncertain=frozenset(str(c) for c in (graph.room or {}).get(INCONSISTENT_KEY, {})),
+        regions=regions,
     )
 
 

@@ -12,7 +12,9 @@ with the first duplicate silently winning.
 - Numeric: the same token parsed with Python's ``float`` (failure scores 0), then Mean Relative Accuracy over
   θ ∈ np.linspace(0.5, 0.95, 10): the fraction of θ with |ŷ − y| / y ≤ 1 − θ.
 - VSI-Bench overall: the unweighted mean of the per-type scores after the three relative-direction levels are
-  averaged into one; VSTI-Bench overall: the flat mean of the per-type scores.
+  averaged into one; VSTI-Bench overall: the flat mean of the per-type scores; regionbench (ours, SR-3D style,
+  scored with VSI-Bench's rules: MRA for its numeric types, the first token's letter for multiple choice): the flat
+  mean of the per-type scores.
 """
 from __future__ import annotations
 
@@ -34,6 +36,10 @@ VSTI_TYPES = frozenset({
     "camera_obj_abs_dist", "camera_displacement", "camera_obj_dist_change", "camera_obj_rel_dist_v1",
     "camera_obj_rel_dist_v2", "camera_obj_rel_dist_v3", "obj_obj_relative_pos_nf", "obj_obj_relative_pos_lr",
     "obj_obj_relative_pos_ud", "camera_movement_direction",
+})
+REGION_TYPES = frozenset({
+    "region_distance", "region_size", "region_closest", "region_direction", "region_vertical",
+    "region_same_kind_count", "region_camera_distance",
 })
 VSI_TYPES = frozenset({
     "object_counting", "object_abs_distance", "object_size_estimation", "room_size_estimation", "object_rel_distance",
@@ -91,11 +97,14 @@ def aggregate(per_type_mean: dict[str, float], bench: str) -> float:
 
 
 def detect_bench(questions: Iterable[dict[str, Any]]) -> str:
-    """"vstibench" if the records say so (our ``bench`` field) or carry VSTI-Bench question types, else "vsibench"."""
+    """The records' ``bench`` field when they have one; else "regionbench" or "vstibench" by their question types,
+    else "vsibench"."""
     questions = list(questions)
     for q in questions:
-        if q.get("bench") in ("vsibench", "vstibench"):
+        if q.get("bench") in ("vsibench", "vstibench", "regionbench"):
             return q["bench"]
+    if any(q.get("question_type") in REGION_TYPES for q in questions):
+        return "regionbench"
     if any(q.get("question_type") in VSTI_TYPES for q in questions):
         return "vstibench"
     if any(q.get("question_type") in VSI_TYPES for q in questions):

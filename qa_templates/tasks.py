@@ -5,13 +5,13 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable
 
-from qa_templates import vsi_objects, vsi_relations, vsti_camera
+from qa_templates import regionbench, vsi_objects, vsi_relations, vsti_camera
 
 
 @dataclass(frozen=True)
 class TaskSpec:
     name: str
-    bench: str                  # "vsibench" or "vstibench"
+    bench: str                  # "vsibench", "vstibench" or "regionbench"
     benchmark_form: bool        # the benchmark's own question form (the only ones written for benchmark splits)
     generate: Callable          # generate(view_or_graph, rng, cfg, rejected) -> list[Candidate]
 
@@ -46,6 +46,13 @@ TASKS: tuple[TaskSpec, ...] = (
     TaskSpec("camera_movement_direction_v3", "vstibench", False,
              partial(vsti_camera.generate_movement_direction, num_options=2)),
     TaskSpec("camera_obj_dist_change", "vstibench", True, vsti_camera.generate_cam_obj_dist_change),
+    TaskSpec("region_distance", "regionbench", True, regionbench.generate_distance),
+    TaskSpec("region_size", "regionbench", True, regionbench.generate_size),
+    TaskSpec("region_closest", "regionbench", True, regionbench.generate_closest),
+    TaskSpec("region_direction", "regionbench", True, regionbench.generate_direction),
+    TaskSpec("region_vertical", "regionbench", True, regionbench.generate_vertical),
+    TaskSpec("region_same_kind_count", "regionbench", True, regionbench.generate_same_kind_count),
+    TaskSpec("region_camera_distance", "regionbench", True, regionbench.generate_camera_distance),
 )
 TASKS_BY_NAME = {t.name: t for t in TASKS}
 

@@ -2,8 +2,9 @@
 which object is visible in which frame, and room measures. Every QA task is a pure function of a SceneGraph.
 
 On disk (``ROOT/graph/<dataset>/<scene_id>/``): ``objects.parquet`` (GRAPH_OBJECTS_SCHEMA), ``frames.parquet``
-(GRAPH_FRAMES_SCHEMA), ``visibility.parquet`` (VISIBILITY_SCHEMA), ``room.json``, and the done-marker written last
-by the stage (its stats: dataset, scene id, split, counts and file hashes).
+(GRAPH_FRAMES_SCHEMA), ``visibility.parquet`` (VISIBILITY_SCHEMA), ``room.json``, optionally ``regions.parquet``
+(REGIONS_SCHEMA: region prompts, :mod:`scene_graph.regions`), and the done-marker written last by the stage (its
+stats: dataset, scene id, split, counts and file hashes).
 
 :func:`build_scene_graph` is pure (arrays in, tables out); :func:`write_graph` / :func:`read_graph` do the I/O.
 """
@@ -22,11 +23,12 @@ from pipeline.core.errors import InputError
 from pipeline.core.layout import DONE_MARKER
 from pipeline.core.markers import read_marker
 from pipeline.core.scene import CanonicalScene, finite_pose_mask
-from pipeline.core.schemas import (GRAPH_FRAMES_SCHEMA, GRAPH_OBJECTS_SCHEMA, OBJECTS_SCHEMA, VISIBILITY_SCHEMA,
-                              column_as_array, read_table, table_from_columns, write_table)
-from scene_graph import geometry
+from pipeline.core.schemas import (GRAPH_FRAMES_SCHEMA, GRAPH_OBJECTS_SCHEMA, OBJECTS_SCHEMA, REGIONS_SCHEMA,
+                                   VISIBILITY_SCHEMA, column_as_array, read_table, table_from_columns, write_table)
+from scene_graph import geometry, regions
 
 GRAPH_FILES = ("objects.parquet", "frames.parquet", "visibility.parquet", "room.json")
+REGIONS_FILE = "regions.parquet"          # written only for graphs built with region prompts
 # The NumPy seed VLM-3R's metadata scripts set before calculate_room_area draws its 10,000 floor points:
 # --random_seed defaults 42 (scannet_metadata.py, scannetpp_metadata.py) and 0 (arkitscenes_metadata.py).
 VLM3R_FLOOR_SEEDS = {"scannet": 42, "scannetpp": 42, "arkitscenes": 0}
@@ -51,6 +53,7 @@ class SceneGraph:
     # from it) and, for built graphs, "floor_method" (alpha, samples, seed); imported ones may have "outline": []
     # and "center": None when the metadata does not give them.
     room: dict[str, Any] = field(default_factory=dict)
+    regions: pa.Table | None = None   # REGIONS_SCHEMA, or None for a graph built without region prompts
 
     @property
     def camera_centers(self) -> np.ndarray:
@@ -255,17 +258,27 @@ def _scene_depth(scene: CanonicalScene, geo: _ObjectGeometry, world_to_camera, k
     return np.where(np.isfinite(depth), depth, 0.0).reshape(height, width)
 
 
-def _frame_visibility(scene, geo, ids, rank, c2w, image_k, image_wh, depth_k, depth, mask, config):
-    """Visibility rows of one frame as a dict of columns, or None when no object is visible.
+@dataclass(frozen=True)
+class _FramePixels:
+    """One frame's visible pixels on the raster grid they were counted on: what both the visibility row and the
+    region prompt of an object are made from."""
+    owner: np.ndarray                   # [K] object row of each visible pixel
+    pixels: np.ndarray                  # [K] pixel index on the grid (row * width + column)
+    grid_wh: tuple[int, int]
+    grid_k: tuple[float, float, float, float]
+    projected: np.ndarray               # [N] each object's unoccluded projection, in pixels of this grid
+    source: str                         # SOURCE_MASK or SOURCE_PROJECTION
+
+
+def _frame_pixels(scene, geo, ids, world_to_camera, image_k, image_wh, depth_k, depth, mask, config) -> _FramePixels:
+    """The visible pixels of every object in one frame.
 
     With an instance mask the mask's pixels are the visible pixels; otherwise each object's surface is rasterised
     and a pixel counts where it agrees with the depth map (VLM-3R's rule: |z - depth| <= tolerance x depth). The
-    denominator of ``visible_fraction`` is the object's rasterised projection with occlusion ignored (its part
-    inside the image: truncation by the image border does not lower the fraction).
+    projection (the denominator of ``visible_fraction``) is the object's rasterised surface with occlusion ignored
+    (its part inside the image: truncation by the image border does not lower the fraction).
     """
-    width, height = image_wh
     n_objects = len(ids)
-    world_to_camera = np.linalg.inv(c2w)
     if mask is not None:
         # Visible pixels and boxes at the mask's resolution (exact); the projection that only feeds the fraction's
         # denominator is rasterised on a grid capped at max_raster_pixels (ScanNet masks are 1296x968).
@@ -300,8 +313,39 @@ def _frame_visibility(scene, geo, ids, rank, c2w, image_k, image_wh, depth_k, de
         measured = np.asarray(depth, np.float64).reshape(-1)[pix]
         seen = (measured > 0) & (np.abs(z - measured) <= config.depth_tolerance * measured)
         seen_owner, seen_pix = owner[seen], pix[seen]
-    return _rows_from_pixels(rank, seen_owner, seen_pix, seen_wh[0], n_objects, projected, seen_k, image_k, width,
-                             height, source, config)
+    return _FramePixels(seen_owner, seen_pix, seen_wh, seen_k, projected, source)
+
+
+def _visible_fraction(visible: np.ndarray, projected: np.ndarray) -> np.ndarray:
+    # Masks can exceed the mesh projection: cap at 1.
+    return visible / np.maximum(np.maximum(projected, visible), 1)
+
+
+def _frame_visibility(rank, frame: _FramePixels, n_objects, image_k, width, height, config):
+    """Visibility rows of one frame as a dict of columns, or None when no object is visible."""
+    return _rows_from_pixels(rank, frame.owner, frame.pixels, frame.grid_wh[0], n_objects, frame.projected,
+                             frame.grid_k, image_k, width, height, frame.source, config)
+
+
+def _frame_regions(rank, frame: _FramePixels, geo, world_to_camera, n_objects, image_k, image_wh, config,
+                   region_config):
+    """Region rows of one frame (scene_graph.regions), from the same visible pixels as its visibility rows."""
+    visible = np.bincount(frame.owner, minlength=n_objects)
+    rows = np.flatnonzero(visible >= config.min_visible_pixels)
+    if len(rows) == 0:
+        return None
+    rot, trans = world_to_camera[:3, :3], world_to_camera[:3, 3]
+    wanted = np.zeros(n_objects, bool)
+    wanted[rows] = True                       # only the visible objects' surfaces are projected
+    tri, pts = wanted[geo.tri_owner], wanted[geo.point_owner]
+    truncated = regions.truncated_objects(
+        np.concatenate([geo.triangles[tri].reshape(-1, 3), geo.points[pts]]) @ rot.T + trans,
+        np.concatenate([np.repeat(geo.tri_owner[tri], 3), geo.point_owner[pts]]), n_objects, image_k, image_wh,
+        config.near_m)
+    keep = np.isin(frame.owner, rows)
+    return regions.frame_region_rows(rank, frame.owner[keep], frame.pixels[keep], frame.grid_wh, frame.grid_k,
+                                     image_k, image_wh, _visible_fraction(visible, frame.projected), truncated,
+                                     frame.source, region_config)
 
 
 def _rows_from_pixels(rank, owner, pix, grid_w, n_objects, projected, grid_k, image_k, width, height, source, config):
@@ -317,7 +361,7 @@ def _rows_from_pixels(rank, owner, pix, grid_w, n_objects, projected, grid_k, im
     np.maximum.at(xmax, owner, col); np.maximum.at(ymax, owner, row)
     bbox = _bbox_to_image(xmin[rows], ymin[rows], xmax[rows], ymax[rows], grid_k, image_k, width, height)
     v = visible[rows]
-    fraction = v / np.maximum(projected[rows], v)                # masks can exceed the mesh projection: cap at 1
+    fraction = _visible_fraction(v, projected[rows])
     return {"rank": np.full(len(rows), rank, np.int32), "object_row": rows, "bbox_2d": bbox,
             "visible_pixels": v.astype(np.int64), "visible_fraction": fraction, "source": [source] * len(rows)}
 
@@ -338,6 +382,18 @@ def graph_visibility(scene: CanonicalScene, objects: pa.Table, frames: pa.Table,
     any resolution. Either list may hold None for some ranks; a rank with neither is tested against a depth map
     rendered from the mesh.
     """
+    return visibility_and_regions(scene, objects, frames, depths, instance_masks, config, None, where)[0]
+
+
+def visibility_and_regions(scene: CanonicalScene, objects: pa.Table, frames: pa.Table,
+                           depths: Sequence[np.ndarray | None] | None = None,
+                           instance_masks: Sequence[np.ndarray | None] | None = None,
+                           config: GraphConfig = GraphConfig(), region_config: "regions.RegionConfig | None" = None,
+                           where: str = "scene") -> tuple[pa.Table, pa.Table | None]:
+    """The visibility table (see :func:`graph_visibility`) and, with ``region_config``, the REGIONS_SCHEMA table,
+    both from one pass over the frames: a region is made of exactly the pixels its visibility row counts (carried to
+    the frame's stored resolution), sorted by (rank, instance id). Without ``region_config`` the second item is None
+    and nothing of the regions is computed."""
     n = frames.num_rows
     for name, seq in (("depths", depths), ("instance_masks", instance_masks)):
         if seq is not None and len(seq) != n:
@@ -346,7 +402,7 @@ def graph_visibility(scene: CanonicalScene, objects: pa.Table, frames: pa.Table,
     geo = _object_geometry(scene, objects)
     scene_rows = {int(r["frame_index"]): r for r in scene.frames.select(
         ["frame_index", "depth_fx", "depth_fy", "depth_cx", "depth_cy"]).to_pylist()}
-    parts = []
+    parts, region_parts = [], []
     for r in frames.to_pylist():
         if not r["valid"]:
             continue
@@ -362,18 +418,26 @@ def graph_visibility(scene: CanonicalScene, objects: pa.Table, frames: pa.Table,
             raise InputError(where, f"frame {r['frame_index']}: depth map must be 2D, got {np.shape(depth)}")
         depth_k = _camera_k(scene_rows[int(r["frame_index"])], "depth_")
         c2w = np.asarray(r["camera_to_world"], np.float64).reshape(4, 4)
-        part = _frame_visibility(scene, geo, ids, rank, c2w, image_k, (int(r["width"]), int(r["height"])), depth_k,
-                                 depth, mask, config)
+        world_to_camera = np.linalg.inv(c2w)
+        image_wh = (int(r["width"]), int(r["height"]))
+        frame = _frame_pixels(scene, geo, ids, world_to_camera, image_k, image_wh, depth_k, depth, mask, config)
+        part = _frame_visibility(rank, frame, len(ids), image_k, image_wh[0], image_wh[1], config)
         if part is not None:
             parts.append(part)
+        if region_config is not None:
+            region_part = _frame_regions(rank, frame, geo, world_to_camera, len(ids), image_k, image_wh, config,
+                                         region_config)
+            if region_part is not None:
+                region_parts.append(region_part)
+    region_table = regions.regions_table(region_parts, ids) if region_config is not None else None
     if not parts:
-        return table_from_columns(VISIBILITY_SCHEMA, {name: [] for name in VISIBILITY_SCHEMA.names})
+        return table_from_columns(VISIBILITY_SCHEMA, {name: [] for name in VISIBILITY_SCHEMA.names}), region_table
     cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     return table_from_columns(VISIBILITY_SCHEMA, {
         "rank": cols["rank"], "instance_id": ids[cols["object_row"]], "bbox_2d": cols["bbox_2d"],
         "visible_pixels": cols["visible_pixels"], "visible_fraction": cols["visible_fraction"],
         "source": list(cols["source"]),
-    })
+    }), region_table
 
 
 # ---- room --------------------------------------------------------------------------------------------------------
@@ -426,25 +490,28 @@ def room_measures(scene: CanonicalScene, objects: pa.Table, frames: pa.Table, vi
 def build_scene_graph(scene: CanonicalScene, manifest: pa.Table,
                       depths: Sequence[np.ndarray | None] | None = None,
                       instance_masks: Sequence[np.ndarray | None] | None = None,
-                      config: GraphConfig = GraphConfig(), where: str | None = None) -> SceneGraph:
+                      config: GraphConfig = GraphConfig(), where: str | None = None,
+                      region_config: "regions.RegionConfig | None" = None) -> SceneGraph:
     """The scene graph of one canonical scene and its frame manifest. Pure: no I/O.
 
     ``depths`` / ``instance_masks`` are aligned with the manifest ranks (see :func:`graph_visibility`); ``where``
-    names the input in error messages (default ``<dataset>/<scene_id>``).
+    names the input in error messages (default ``<dataset>/<scene_id>``). With ``region_config`` the
+    graph also carries its region prompts, made in the same pass as the visibility table.
     """
     where = where or f"{scene.dataset}/{scene.scene_id}"
     objects = graph_objects(scene.objects, where)
     frames = graph_frames(scene, manifest, where)
-    visibility = graph_visibility(scene, objects, frames, depths, instance_masks, config, where)
+    visibility, region_table = visibility_and_regions(scene, objects, frames, depths, instance_masks, config,
+                                                      region_config, where)
     room = room_measures(scene, objects, frames, visibility, config, where)
-    return SceneGraph(scene.dataset, scene.scene_id, scene.split, objects, frames, visibility, room)
+    return SceneGraph(scene.dataset, scene.scene_id, scene.split, objects, frames, visibility, room, region_table)
 
 
 # ---- files -------------------------------------------------------------------------------------------------------
 
 def graph_stats(graph: SceneGraph) -> dict[str, Any]:
     sources = graph.visibility.column("source").to_pylist()
-    return {
+    stats = {
         "objects": graph.objects.num_rows, "frames": graph.frames.num_rows,
         "valid_frames": int(column_as_array(graph.frames, "valid").sum()) if graph.frames.num_rows else 0,
         "visibility_rows": graph.visibility.num_rows,
@@ -452,11 +519,15 @@ def graph_stats(graph: SceneGraph) -> dict[str, Any]:
         "visibility_sources": {s: sources.count(s) for s in sorted(set(sources))},
         "floor_area_m2": graph.room.get("floor_area_m2"),
     }
+    if graph.regions is not None:
+        stats.update(regions.region_stats(graph.regions))
+    return stats
 
 
 def write_graph(graph_dir: str | Path, graph: SceneGraph) -> dict[str, Any]:
-    """Write the four graph files atomically (schema-validated); any old done-marker is removed first (the caller
-    writes the new one last). Returns the stats: identity, counts and the sha256 of every file."""
+    """Write the four graph files (and ``regions.parquet`` when the graph has region prompts) atomically
+    (schema-validated); any old done-marker is removed first (the caller writes the new one last). Returns the
+    stats: identity, counts and the sha256 of every file."""
     graph_dir = Path(graph_dir)
     graph_dir.mkdir(parents=True, exist_ok=True)
     (graph_dir / DONE_MARKER).unlink(missing_ok=True)
@@ -464,8 +535,14 @@ def write_graph(graph_dir: str | Path, graph: SceneGraph) -> dict[str, Any]:
     write_table(graph_dir / "frames.parquet", graph.frames, GRAPH_FRAMES_SCHEMA)
     write_table(graph_dir / "visibility.parquet", graph.visibility, VISIBILITY_SCHEMA)
     write_json(graph_dir / "room.json", graph.room)
+    files = GRAPH_FILES
+    if graph.regions is not None:
+        write_table(graph_dir / REGIONS_FILE, graph.regions, REGIONS_SCHEMA)
+        files += (REGIONS_FILE,)
+    else:  # a stale file of an earlier build with regions must not be read as this graph's
+        (graph_dir / REGIONS_FILE).unlink(missing_ok=True)
     return {"dataset": graph.dataset, "scene_id": graph.scene_id, "split": graph.split, **graph_stats(graph),
-            "sha256": {name: sha256_file(graph_dir / name) for name in GRAPH_FILES}}
+            "sha256": {name: sha256_file(graph_dir / name) for name in files}}
 
 
 def graph_info(graph_dir: str | Path) -> dict[str, Any] | None:
@@ -475,7 +552,8 @@ def graph_info(graph_dir: str | Path) -> dict[str, Any] | None:
 
 
 def read_graph(graph_dir: str | Path, verify: bool = False) -> SceneGraph:
-    """Read a complete graph (tables validated against their schemas); ``verify`` also checks the file hashes."""
+    """Read a complete graph (tables validated against their schemas; region prompts when its marker lists
+    ``regions.parquet``); ``verify`` also checks the file hashes."""
     graph_dir = Path(graph_dir)
     info = graph_info(graph_dir)
     if info is None:
@@ -489,4 +567,5 @@ def read_graph(graph_dir: str | Path, verify: bool = False) -> SceneGraph:
         objects=read_table(graph_dir / "objects.parquet", GRAPH_OBJECTS_SCHEMA),
         frames=read_table(graph_dir / "frames.parquet", GRAPH_FRAMES_SCHEMA),
         visibility=read_table(graph_dir / "visibility.parquet", VISIBILITY_SCHEMA),
-        room=read_json(graph_dir / "room.json"))
+        room=read_json(graph_dir / "room.json"),
+        regions=(read_table(graph_dir / REGIONS_FILE, REGIONS_SCHEMA) if REGIONS_FILE in info["sha256"] else None))

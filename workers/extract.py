@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
+from pipeline.core.patch_points import POINTS_SOURCES, PatchPoints, cut3r_patch_points
 from pipeline.core.version import __version__
 from pipeline.core.tokens import TOKEN_DTYPES, TokenSample, encode_tokens, token_dtype_name, validate_sample
 
@@ -111,7 +112,7 @@ class TokenEncoder(Protocol):
     ``points`` [B,T,N,3]; :class:`workers.cut3r.Cut3rEncoder` is the real one.
     """
 
-    def encode(self, frames: list, *, points: bool = False) -> Any: ...
+    def encode(self, frames: list, *, points: bool = False) -> Any: ...  # points: CUT3R's point head
 
 
 EncoderFactory = Callable[["ExtractOptions"], TokenEncoder]
@@ -129,7 +130,7 @@ class ExtractOptions:
     dtype: str = "float32"                # stored token dtype: bfloat16 | float16 | float32
     device: str = "cpu"                   # torch device of the model actor
     attention: str = "fused"
-    with_points: bool = False             # per-patch 3D points from the point head
+    points: str = "none"                  # per-patch 3D points: "none", "depth" (sensor depth + poses) or "cut3r"
     with_frames: bool = False             # the squashed JPEG frames for the trainer's vision tower
     jpeg_quality: int = 95
 
@@ -140,6 +141,12 @@ class ExtractOptions:
             raise ValueError("with_frames stores the squashed frames: squash_size must be set")
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+        if self.points not in ("none",) + POINTS_SOURCES:
+            raise ValueError(f"points must be one of {('none',) + POINTS_SOURCES}, got {self.points!r}")
+
+    @property
+    def with_points(self) -> bool:
+        return self.points != "none"
 
     @property
     def preprocess(self):
@@ -158,7 +165,7 @@ def run_identity(model: dict[str, Any], options: ExtractOptions) -> dict[str, An
     patch_size = int(model["model_config"].get("patch_size", 16))
     if options.input_size % patch_size:
         raise ValueError(f"input size {options.input_size} is not a multiple of the patch size {patch_size}")
-    return {
+    identity = {
         "model_id": model["model_id"],
         "checkpoint_sha256": model["checkpoint_sha256"],
         "model_config": model["model_config"],
@@ -174,6 +181,9 @@ def run_identity(model: dict[str, Any], options: ExtractOptions) -> dict[str, An
         "jpeg_quality": options.jpeg_quality if options.with_frames else None,
         "code_version": __version__,
     }
+    if options.with_points:  # only then: a run without points keeps the identity (and meta bytes) it always had
+        identity["points_source"] = options.points
+    return identity
 
 
 # ---- decoding (CPU Ray task) -------------------------------------------------------------------------------------
@@ -206,6 +216,8 @@ class DecodedScene:
     pixels: np.ndarray                    # [T,3,S,S] float32 in [-1, 1]
     frames: list[dict[str, Any]]          # manifest rows (JSON-safe), rank order
     jpegs: list[bytes] | None = None      # squashed frames as JPEG, when with_frames
+    points: PatchPoints | None = None     # depth points of the manifest frames, when points == "depth"
+    frames_without_depth: int = 0         # of them, frames whose depth is absent or unreadable (invalid points)
 
     @property
     def num_frames(self) -> int:
@@ -263,7 +275,26 @@ def decode_scene(job: SceneJob, options: ExtractOptions) -> DecodedScene:
                 raise InputError(scene_dir, "JPEG encoding of a frame failed")
             jpegs.append(buf.tobytes())
     frames = [{k: _json_safe(v) for k, v in row.items()} for row in manifest.to_pylist()]
-    return DecodedScene(job, pixels.numpy(), frames, jpegs)
+    # The frame contract's patch grid: 16-pixel patches of the input (27 x 27 at 432).
+    grid = options.input_size // 16
+    points, without_depth = _depth_points(rows, grid) if options.points == "depth" else (None, 0)
+    return DecodedScene(job, pixels.numpy(), frames, jpegs, points, without_depth)
+
+
+def _depth_points(rows, grid: int) -> tuple[PatchPoints, int]:
+    """Depth points of the manifest frames (``rows``: their FRAMES_SCHEMA rows in rank order). A frame whose depth
+    is absent or cannot be decoded gets invalid points (counted), not an error for the scene."""
+    from pipeline.core.errors import InputError
+    from pipeline.core.frames import decode_depths
+    from pipeline.core.patch_points import manifest_patch_points
+
+    depths = []
+    for i in range(rows.num_rows):
+        try:
+            depths.append(decode_depths(rows.slice(i, 1))[0])
+        except InputError:
+            depths.append(None)
+    return manifest_patch_points(rows, depths, grid), sum(d is None for d in depths)
 
 
 def decode_or_error(job: SceneJob, options: ExtractOptions) -> DecodedScene | SceneError:
@@ -283,7 +314,7 @@ def encode_scenes(encoder: TokenEncoder, scenes: Sequence[DecodedScene], options
 
     if not scenes:
         return []
-    out = encoder.encode([torch.from_numpy(s.pixels) for s in scenes], points=options.with_points)
+    out = encoder.encode([torch.from_numpy(s.pixels) for s in scenes], points=options.points == "cut3r")
     results: list[TokenSample | SceneError] = []
     for b, scene in enumerate(scenes):
         t = scene.num_frames
@@ -293,18 +324,25 @@ def encode_scenes(encoder: TokenEncoder, scenes: Sequence[DecodedScene], options
             results.append(SceneError("NonFiniteTokens", f"{scene.job.key}: the model produced non-finite tokens",
                                       scene.job.scene_dir))
             continue
-        points = None
-        if options.with_points:
-            points = np.ascontiguousarray(out.points[b, :t].float().cpu().numpy(), dtype=np.float32)  # [T,N,3]
-            if not np.isfinite(points).all():
+        points = scene.points
+        if options.points == "cut3r":
+            head = out.points[b, :t].float().cpu().numpy()                 # [T,N,3], first camera's frame
+            if not np.isfinite(head).all():
                 results.append(SceneError("NonFiniteTokens", f"{scene.job.key}: the point head produced non-finite "
                                           "points", scene.job.scene_dir))
                 continue
+            first_pose = scene.frames[0]["camera_to_world"] if scene.frames[0]["valid"] else None
+            points = cut3r_patch_points(head, None if first_pose is None else
+                                        np.asarray(first_pose, np.float64).reshape(4, 4))
         meta = {**identity, "key": scene.job.key, "dataset": scene.job.dataset, "scene_id": scene.job.scene_id,
                 "num_frames": t, "source_sha256": scene.job.manifest_sha256}
+        if options.points == "depth":
+            meta["points_frames_without_depth"] = scene.frames_without_depth
         sample = TokenSample(key=scene.job.key, camera=encode_tokens(camera, options.dtype),
                              patch=encode_tokens(patch, options.dtype), frames=scene.frames, meta=meta,
-                             points=points, jpegs=scene.jpegs)
+                             points=None if points is None else points.world, jpegs=scene.jpegs,
+                             points_cam0=None if points is None else points.cam0,
+                             points_valid=None if points is None else points.valid)
         try:
             results.append(validate_sample(sample, where=scene.job.key))
         except Exception as exc:  # noqa: BLE001 - e.g. a model whose token grid differs from the identity

@@ -49,8 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto",
                         help="token dtype (compute and storage); auto = bf16 on GPU, fp32 on CPU")
     parser.add_argument("--with-frames", action="store_true", help="also store the squashed frames as JPEG")
-    parser.add_argument("--with-points", action="store_true",
-                        help="also store per-patch 3D points (point head) in the first camera's frame")
+    parser.add_argument("--points", choices=("none", "depth", "cut3r"), default="none",
+                        help="also store a 3D point per patch (world and first-camera frames, with validity): from "
+                             "sensor depth and poses, or from CUT3R's point head")
     parser.add_argument("--shard-bytes", type=parse_bytes, default=DEFAULT_SHARD_BYTES,
                         help="start a new shard before one would grow past this size (e.g. 500MB, 1GiB)")
     parser.add_argument("--retries", type=int, default=2, help="Ray retries of dead decode workers / model actors")
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     dtype = {"auto": "bf16" if args.num_gpus > 0 else "fp32"}.get(args.dtype, args.dtype)
     with config_errors("extract"):
         options = ExtractOptions(input_size=args.size, squash_size=args.squash_size, dtype=dtype,
-                                 device="cuda" if args.num_gpus > 0 else "cpu", with_points=args.with_points,
+                                 device="cuda" if args.num_gpus > 0 else "cpu", points=args.points,
                                  with_frames=args.with_frames)
         scheduling = Scheduling(batch_videos=args.batch_videos, local=args.local, workers=args.workers,
                                 num_gpus=args.num_gpus, actors=args.actors, actor_cpus=args.actor_cpus,

@@ -29,7 +29,7 @@ from pipeline.core.version import FORMAT_VERSION, __version__
 DATASETS = ("scannet", "scannetpp", "arkitscenes")
 # Every stage, in pipeline order (import-meta makes graphs from metadata files; predict is run by train --predict).
 STAGES = ("ingest", "import-meta", "extract", "graph", "routes", "qa", "pack", "train", "predict", "eval", "stats")
-BENCHES = ("vsibench", "vstibench")
+BENCHES = ("vsibench", "vstibench", "regionbench")
 # Splits whose scenes are the benchmarks' own: only the benchmarks' question forms are generated for them, they never
 # enter training shards, and their questions are what ``train --predict`` answers and ``eval`` scores.
 BENCHMARK_SPLITS = frozenset({"val", "test"})

@@ -7,6 +7,15 @@ VSTI-Bench multiple choice (whose ``ground_truth`` is the option text and whose 
 Our extra fields: bench, task, qa_key, scene_key, object_ids, frame_ranks, categories, answer_value (exact, before
 rounding), answer_text, template_version, seed, video_path.
 
+Region questions (regionbench, SR-3D style; VSI-Bench's field conventions) also carry ``regions``: in order of
+mention (Region [0], Region [1], ...), ``{"instance_id", "category", "frame_rank", "bbox_xyxy", "rle"}`` with
+``bbox_xyxy`` the mask's box in inclusive pixels of the stored frame ([x0, y0, x1, y1]: columns x0..x1, rows y0..y1)
+and ``rle`` pycocotools' compressed RLE ``{"size": [h, w], "counts": str}`` at the stored frame's resolution; and
+``max_regions_per_frame``, the largest number of its instances that one manifest frame shows together (below the
+number of regions: its instances are never all visible in the same frame). Their prompt introduces
+the regions after the pre-prompt, one ``Region [i]: <mask>`` line each in mention order (the Open Spatial Dataset
+convention: the n-th ``<mask>`` is the n-th region), and their LLaVA conversation carries the ``regions`` list.
+
 Predictions are JSON lines ``{"id": ..., "prediction": "..."}``. Ids may be ints in one file and strings in the
 other (``12`` vs ``"12"``): they are compared as text.
 """
@@ -20,6 +29,7 @@ from typing import Any, Iterator
 from pipeline.core.errors import InputError
 
 PRE_PROMPT = "These are frames of a video."
+MASK_TAG = "<mask>"                      # one per region prompt, in mention order
 NA_POST_PROMPT = "Please answer the question using a single word or phrase."
 MCA_POST_PROMPT = "Answer with the option's letter from the given choices directly."
 
@@ -30,10 +40,12 @@ MCA_QUESTION_TYPES = frozenset({
     "route_planning", "obj_appearance_order",
     "obj_obj_relative_pos_nf", "obj_obj_relative_pos_ud", "obj_obj_relative_pos_lr", "camera_obj_rel_dist_v1",
     "camera_obj_rel_dist_v2", "camera_obj_rel_dist_v3", "camera_movement_direction",
+    "region_closest", "region_direction", "region_vertical",
 })
 NA_QUESTION_TYPES = frozenset({
     "object_abs_distance", "object_counting", "object_size_estimation", "room_size_estimation",
     "camera_obj_abs_dist", "camera_displacement", "camera_obj_dist_change",
+    "region_distance", "region_size", "region_same_kind_count", "region_camera_distance",
 })
 REQUIRED_FIELDS = ("id", "question_type", "ground_truth")
 
@@ -56,12 +68,19 @@ def correct_letter(record: dict[str, Any]) -> str:
     return str(record["mc_answer"] if "mc_answer" in record else record["ground_truth"])
 
 
+def region_lines(record: dict[str, Any]) -> list[str]:
+    """One ``Region [i]: <mask>`` line per region prompt of a record, in mention order (none for other records)."""
+    return [f"Region [{i}]: {MASK_TAG}" for i in range(len(record.get("regions") or ()))]
+
+
 def build_prompt(record: dict[str, Any]) -> str:
-    """The prompt exactly as the benchmarks' evaluators build it (doc_to_text with the default pre/post prompts)."""
+    """The prompt exactly as the benchmarks' evaluators build it (doc_to_text with the default pre/post prompts);
+    region questions introduce their regions right after the pre-prompt."""
+    head = [PRE_PROMPT, *region_lines(record), record["question"]]
     if is_multiple_choice(record):
         options = "Options:\n" + "\n".join(record["options"])
-        return "\n".join([PRE_PROMPT, record["question"], options, MCA_POST_PROMPT])
-    return PRE_PROMPT + "\n" + record["question"] + "\n" + NA_POST_PROMPT
+        return "\n".join([*head, options, MCA_POST_PROMPT])
+    return "\n".join([*head, NA_POST_PROMPT])
 
 
 def answer_for_training(record: dict[str, Any]) -> str:
@@ -72,8 +91,10 @@ def answer_for_training(record: dict[str, Any]) -> str:
 
 
 def llava_conversation(record: dict[str, Any]) -> dict[str, Any]:
-    """One LLaVA-style training sample; the prompt is the evaluation prompt, so training and evaluation agree."""
-    return {
+    """One LLaVA-style training sample; the prompt is the evaluation prompt, so training and evaluation agree.
+    A region question's sample also carries its ``regions`` (mention order: the n-th ``<mask>`` of the human turn is
+    the n-th region; each names its frame by ``frame_rank``, the index of the frame in the sampled video)."""
+    sample = {
         "id": record["qa_key"], "data_source": record["dataset"], "scene_name": record["scene_name"],
         "scene_key": record["scene_key"], "question_type": record["question_type"], "video": record["video_path"],
         "frame_ranks": record["frame_ranks"],
@@ -82,6 +103,9 @@ def llava_conversation(record: dict[str, Any]) -> dict[str, Any]:
             {"from": "gpt", "value": answer_for_training(record)},
         ],
     }
+    if record.get("regions"):
+        sample["regions"] = record["regions"]
+    return sample
 
 
 def dumps_record(record: dict[str, Any]) -> str:

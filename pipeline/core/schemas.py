@@ -192,6 +192,24 @@ VISIBILITY_SCHEMA = pa.schema([
 ])
 
 
+# Region prompts (SR-3D style): one row per (manifest frame, instance) whose visible mask covers at least the minimum
+# region area (scene_graph.regions.MIN_REGION_AREA_FRACTION of the frame). Masks are at the frame's stored
+# resolution (the graph frame's width x height, upright) as COCO compressed RLE (pycocotools' ``counts`` string;
+# ``{"size": [mask_height, mask_width], "counts": rle_counts}`` is the pycocotools object).
+REGIONS_SCHEMA = pa.schema([
+    ("rank", pa.int32()),                 # manifest rank of the frame
+    ("instance_id", pa.int64()),
+    ("bbox_xyxy", pa.list_(pa.int32(), 4)),  # [x0, y0, x1, y1] inclusive pixels of the mask's box (as bbox_2d):
+                                          # columns x0..x1, rows y0..y1 (COCO's [x, y, w, h] = x0, y0, x1-x0+1, ...)
+    ("mask_height", pa.int32()),          # = the frame's height
+    ("mask_width", pa.int32()),           # = the frame's width
+    ("rle_counts", pa.string()),          # COCO compressed RLE counts of the visible-pixel mask (column-major runs)
+    ("visible_pixels", pa.int64()),       # mask area in pixels of the stored frame
+    ("visible_fraction", pa.float64()),   # as in VISIBILITY_SCHEMA: visible / whole (unoccluded) projection
+    ("truncated", pa.bool_()),            # the object's projection crosses the image border (or the near plane)
+    ("source", pa.string()),              # "instance_mask" (the release's 2D masks) or "mesh_projection"
+])
+
 # ---- navigation routes (ROOT/routes/<dataset>/<scene_id>.parquet) -----------------------------------------------
 
 # One row per route sampled on the scene's navigable floor (z-up world, metres, headings counter-clockwise from +x).

@@ -2,7 +2,8 @@
 
 ```
 ROOT/tokens/shard-000000.tar        samples, each <key>.meta.json, .frames.json, .camera.npy, .patch.npy
-                                    [, .points.npy] [, .frame_000.jpg ...]  (key = scene_key(dataset, scene_id))
+                                    [, .points.npy, .points_cam0.npy, .points_valid.npy] [, .frame_000.jpg ...]
+                                    (key = scene_key(dataset, scene_id))
 ROOT/tokens/_done/shard-000000.json done-marker of a complete shard (pipeline.core.shards)
 ROOT/tokens/index.json              every complete shard (file, keys, size, sha256), rebuilt from the markers
 ```
@@ -14,7 +15,11 @@ Members of a sample:
   float16 and float32 are stored as themselves.
 - ``frames.json``: the frame manifest rows (rank, frame_index, timestamp, camera_to_world, valid), T of them.
 - ``meta.json``: model id, checkpoint sha256, model config, preprocessing / input size, dtype, code version.
-- ``points.npy`` [T, N, 3] float32 (optional): per-patch 3D points in the first camera's frame.
+- ``points.npy`` [T, N, 3] float32, ``points_cam0.npy`` [T, N, 3] float32, ``points_valid.npy`` [T, N] bool
+  (optional, all three or none; ``meta["with_points"]``): one 3D point per patch in the scene's z-up world and in the
+  first manifest frame's camera frame, and where it is valid (invalid entries are 0); ``meta["points_source"]`` says
+  where they come from: "depth" (sensor depth and poses) or "cut3r" (the model's point head). See
+  :mod:`pipeline.core.patch_points`.
 - ``frame_000.jpg`` ... (optional): the 384x384 RGB frames the trainer's vision tower reads.
 """
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import numpy as np
 
 from pipeline.core.atomic import dumps_json
+from pipeline.core.patch_points import POINTS_SOURCES
 from pipeline.core.shards import ShardError, ShardWriter, checked_shards, iter_raw_samples, load_npy, npy_bytes
 
 # Token dtypes: name recorded in meta.json -> (numpy dtype of the stored array, storage tag).
@@ -105,8 +111,10 @@ class TokenSample:
     patch: np.ndarray                     # [T, N, C] stored dtype
     frames: list[dict[str, Any]]          # frame manifest rows, rank order
     meta: dict[str, Any]
-    points: np.ndarray | None = None      # [T, N, 3] float32, first camera's frame
+    points: np.ndarray | None = None      # [T, N, 3] float32, z-up world (0 where invalid)
     jpegs: list[bytes] | None = None      # T JPEG files, 384x384 RGB
+    points_cam0: np.ndarray | None = None  # [T, N, 3] float32, first manifest frame's camera frame
+    points_valid: np.ndarray | None = None  # [T, N] bool
 
     @property
     def num_frames(self) -> int:
@@ -141,7 +149,9 @@ def sample_members(sample: TokenSample) -> list[tuple[str, bytes]]:
         (f"{sample.key}.patch.npy", npy_bytes(sample.patch)),
     ]
     if sample.points is not None:
-        members.append((f"{sample.key}.points.npy", npy_bytes(sample.points)))
+        members += [(f"{sample.key}.points.npy", npy_bytes(sample.points)),
+                    (f"{sample.key}.points_cam0.npy", npy_bytes(sample.points_cam0)),
+                    (f"{sample.key}.points_valid.npy", npy_bytes(sample.points_valid))]
     for rank, data in enumerate(sample.jpegs or []):
         members.append((f"{sample.key}.{frame_member(rank)}", bytes(data)))
     return members
@@ -189,19 +199,37 @@ def validate_sample(sample: TokenSample, where: str, expect: Mapping[str, Any] |
     ranks = [row.get("rank") for row in sample.frames]
     if ranks != list(range(t)):
         raise ShardError(where, f"frames.json ranks are not 0..{t - 1} in order")
-    if bool(meta["with_points"]) != (sample.points is not None):
-        raise ShardError(where, f"meta with_points={meta['with_points']} but points.npy is "
-                                f"{'absent' if sample.points is None else 'present'}")
-    if sample.points is not None:
-        if sample.points.dtype != np.float32 or tuple(sample.points.shape) != (t, n, 3):
-            raise ShardError(where, f"points.npy is {sample.points.dtype} {list(sample.points.shape)}, "
-                                    f"expected float32 {[t, n, 3]}")
+    _validate_points(sample, where, t, n)
     n_jpegs = len(sample.jpegs) if sample.jpegs is not None else 0
     if bool(meta["with_frames"]) != (sample.jpegs is not None) or (sample.jpegs is not None and n_jpegs != t):
         raise ShardError(where, f"meta with_frames={meta['with_frames']} with {t} frames, but the sample has "
                                 f"{n_jpegs} JPEG frames")
     return sample
 
+
+
+def _validate_points(sample: TokenSample, where: str, t: int, n: int) -> None:
+    """The three point members are present together, exactly when meta says with_points, with their source."""
+    arrays = {"points.npy": sample.points, "points_cam0.npy": sample.points_cam0,
+              "points_valid.npy": sample.points_valid}
+    present = [name for name, a in arrays.items() if a is not None]
+    if present and len(present) != len(arrays):
+        raise ShardError(where, f"point members come together: has {present}, lacks "
+                                f"{[name for name in arrays if name not in present]}")
+    if bool(sample.meta["with_points"]) != bool(present):
+        raise ShardError(where, f"meta with_points={sample.meta['with_points']} but points.npy is "
+                                f"{'present' if present else 'absent'}")
+    if not present:
+        return
+    if sample.meta.get("points_source") not in POINTS_SOURCES:
+        raise ShardError(where, f"meta points_source is {sample.meta.get('points_source')!r}, expected one of "
+                                f"{list(POINTS_SOURCES)}")
+    for name, dtype, shape in (("points.npy", np.float32, (t, n, 3)), ("points_cam0.npy", np.float32, (t, n, 3)),
+                               ("points_valid.npy", np.bool_, (t, n))):
+        array = arrays[name]
+        if array.dtype != dtype or tuple(array.shape) != shape:
+            raise ShardError(where, f"{name} is {array.dtype} {list(array.shape)}, expected "
+                                    f"{np.dtype(dtype)} {list(shape)}")
 
 
 def write_sample(writer: ShardWriter, sample: TokenSample) -> None:
@@ -212,7 +240,7 @@ def write_sample(writer: ShardWriter, sample: TokenSample) -> None:
 
 # ---- reading -----------------------------------------------------------------------------------------------------
 
-_NPY_MEMBERS = ("camera.npy", "patch.npy", "points.npy")
+_NPY_MEMBERS = ("camera.npy", "patch.npy", "points.npy", "points_cam0.npy", "points_valid.npy")
 
 
 def _load_json(data: bytes, where: str) -> Any:
@@ -220,6 +248,10 @@ def _load_json(data: bytes, where: str) -> Any:
         return json.loads(data)
     except ValueError as exc:
         raise ShardError(where, f"not valid JSON ({exc})") from None
+
+
+def _optional_npy(members: Mapping[str, bytes], name: str, where: str) -> np.ndarray | None:
+    return load_npy(members[name], f"{where}.{name}") if name in members else None
 
 
 def sample_from_members(key: str, members: Mapping[str, bytes], where: str,
@@ -248,8 +280,9 @@ def sample_from_members(key: str, members: Mapping[str, bytes], where: str,
         camera=load_npy(members["camera.npy"], f"{where}:{key}.camera.npy"),
         patch=load_npy(members["patch.npy"], f"{where}:{key}.patch.npy"),
         frames=frames, meta=meta,
-        points=load_npy(members["points.npy"], f"{where}:{key}.points.npy") if "points.npy" in members else None,
-        jpegs=jpegs)
+        points=_optional_npy(members, "points.npy", f"{where}:{key}"), jpegs=jpegs,
+        points_cam0=_optional_npy(members, "points_cam0.npy", f"{where}:{key}"),
+        points_valid=_optional_npy(members, "points_valid.npy", f"{where}:{key}"))
     return validate_sample(sample, f"{where}:{key}", expect)
 
 

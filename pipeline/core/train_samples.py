@@ -3,6 +3,7 @@
 ```
 ROOT/train_shards/shard-000000.tar      samples, each <key>.meta.json, .frames.json, .camera.npy, .patch.npy,
                                         .video.json, .qa.json and .frame_000.jpg ... (or .vision.npy)
+                                        [, .points.npy, .points_cam0.npy, .points_valid.npy]
 ROOT/train_shards/_done/shard-*.json    done-markers (pipeline.core.shards)
 ROOT/train_shards/index.json            every complete shard (file, keys, size, sha256)
 ROOT/train_shards/qa_counts.json        questions per shard and key (the trainer sizes its epochs with it)
@@ -13,7 +14,10 @@ ROOT/train_shards/qa_counts.json        questions per shard and key (the trainer
 - ``video.json``: ``{"duration_s", "frame_times_s"}`` from the scene's frame timestamps (seconds from its first
   frame; the duration counts N frame periods for N frames, as LLaVA-Video's ``total_frames / fps``), both ``null``
   when the source has no finite timestamps (the time instruction is then left out).
-- ``qa.json``: the scene's training records of every bench, sorted by (bench, qa_key).
+- ``qa.json``: the scene's training records of every bench, sorted by (bench, qa_key); region questions carry their
+  region prompts (``regions``: frame rank, box and COCO RLE mask each, see :mod:`pipeline.core.qa_records`).
+- ``points.npy``, ``points_cam0.npy``, ``points_valid.npy`` (when the token sample has them): the per-patch 3D
+  points, as the token sample stores them (:mod:`pipeline.core.tokens`; source in ``meta.json``).
 - Frames: 384x384 JPEGs (:mod:`pipeline.core.images`), or pre-computed vision-tower features ``vision.npy``
   [T, 729, d] (bfloat16 bits) in their place.
 """
@@ -82,6 +86,10 @@ def pack_members(sample: TokenSample, records: list[dict[str, Any]], timing: Map
                (f"{key}.patch.npy", npy_bytes(sample.patch)),
                (f"{key}.video.json", dumps_json(dict(timing)).encode()),
                (f"{key}.qa.json", dumps_json(records).encode())]
+    if sample.points is not None:
+        members += [(f"{key}.{name}", npy_bytes(array)) for name, array in (
+            ("points.npy", sample.points), ("points_cam0.npy", sample.points_cam0),
+            ("points_valid.npy", sample.points_valid))]
     if vision_features is not None:
         if vision_features.shape[0] != t:
             raise ValueError(f"{key}: vision features for {vision_features.shape[0]} frames, tokens for {t}")

@@ -847,3 +847,37 @@ def _rasterise(points: np.ndarray, colors: np.ndarray, ids: np.ndarray, intrinsi
     depth.reshape(-1)[pixel] = pixel_depth[win]
     instance.reshape(-1)[pixel] = ids[o]
     rgb.reshape(-1, 3)[pixel] = np.clip(np.rint(color), 0, 255).astype(np.uint8)
+
+
+# ---- straight to the canonical form -----------------------------------------------------------------------------
+
+def canonical_inputs(scene: SyntheticScene, split: str = "train", dataset: str = "scannet"):
+    """(CanonicalScene, manifest, depths by rank, instance masks by rank) of a generated scene, straight from the
+    generator's truth (no raw files): what the graph stage gets after ingest, for tests and benchmarks. Frames in
+    ``invalid_frames`` have NaN poses, as a reader marks lost tracking."""
+    from pipeline.core.scene import CanonicalScene, build_manifest, frames_columns, objects_table
+    from pipeline.core.schemas import FRAMES_SCHEMA, column_as_array, table_from_columns
+
+    t = len(scene.camera_to_world)
+    cols = frames_columns(t)
+    c2w = scene.camera_to_world.reshape(t, 16).copy()
+    valid = np.ones(t, bool)
+    valid[list(scene.invalid_frames)] = False
+    c2w[~valid] = np.nan
+    k = scene.intrinsics
+    cols.update(timestamp=scene.timestamps, camera_to_world=c2w, valid=valid,
+                fx=np.full(t, k[0, 0]), fy=np.full(t, k[1, 1]), cx=np.full(t, k[0, 2]), cy=np.full(t, k[1, 2]),
+                width=np.full(t, scene.width, np.int32), height=np.full(t, scene.height, np.int32),
+                depth_width=np.full(t, scene.width, np.int32), depth_height=np.full(t, scene.height, np.int32),
+                depth_fx=np.full(t, k[0, 0]), depth_fy=np.full(t, k[1, 1]), depth_cx=np.full(t, k[0, 2]),
+                depth_cy=np.full(t, k[1, 2]))
+    frames = table_from_columns(FRAMES_SCHEMA, cols)
+    objs = scene.objects
+    objects = objects_table([o.instance_id for o in objs], [o.label for o in objs], [o.label for o in objs],
+                            [o.centroid for o in objs], [o.lengths for o in objs], [o.axes for o in objs],
+                            [int((scene.vertex_instance == o.instance_id).sum()) for o in objs])
+    canonical = CanonicalScene(dataset, scene.name, split, frames, objects, scene.vertices, scene.faces, scene.colors,
+                               scene.vertex_instance)
+    manifest = build_manifest(frames)
+    picks = column_as_array(manifest, "frame_index").astype(int)
+    return canonical, manifest, [scene.depth[i] for i in picks], [scene.instance[i] for i in picks]

@@ -32,10 +32,13 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Sequence
 
 from pipeline.core.atomic import dumps_json, write_json
-from pipeline.core.errors import ErrorRow, record_errors
+from pipeline.core.errors import WARNING, ErrorRow, record_errors
 from pipeline.core.layout import DatasetRoot, DatasetRootError
 from pipeline.core.lock import RootLock
 from pipeline.core.markers import Marker, fingerprint, read_marker, split_ref
+
+
+WARNINGS = "warnings"        # the stats key of a unit's warnings (popped into warning rows, never in the marker)
 
 
 class StageRefused(RuntimeError):
@@ -181,7 +184,8 @@ class Stage:
 
     def run_unit(self, job: Any, config: Any) -> tuple[str, dict[str, Any], dict[str, str]]:
         """The per-unit function (runs in a Ray task): write the unit's outputs atomically and return
-        ``(output fingerprint, stats, named part fingerprints)``. Bad input raises (InputError names the file)."""
+        ``(output fingerprint, stats, named part fingerprints)``. Bad input raises (InputError names the file);
+        input used with a caveat goes into ``stats[WARNINGS]`` as ``{"type", "message", "path"}`` (warning rows)."""
         raise NotImplementedError
 
     def execute(self, ctx: Context, work: list[Work]) -> Iterator[Outcome]:
@@ -198,9 +202,11 @@ class Stage:
                 yield Outcome(unit, errors=[ErrorRow.from_exception(self.name, unit.dataset, unit.scene_id, exc)])
                 continue
             output, stats, parts = result
+            warnings = [ErrorRow(self.name, unit.dataset, unit.scene_id, w["type"], w["message"], w.get("path", ""),
+                                 WARNING) for w in stats.pop(WARNINGS, [])]
             marker = by_unit[unit.id].marker(self, ctx, output, stats, parts)
             ledger.write(ctx.root, marker)
-            yield Outcome(unit, marker=marker)
+            yield Outcome(unit, marker=marker, errors=warnings)
 
     def prepare(self, ctx: Context, work: list[Work], done: list[Work],
                 markers: Mapping[str, Marker]) -> tuple[list[Work], list[Work]]:

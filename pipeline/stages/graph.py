@@ -8,18 +8,21 @@ from typing import Any, Mapping
 
 from pipeline.core.layout import DONE_MARKER, DatasetRoot
 from pipeline.core.markers import Marker, digest, fingerprint
-from pipeline.stages.contract import Context, FileLedger, Stage, Unit
+from pipeline.stages.contract import WARNINGS, Context, FileLedger, Stage, Unit
 from pipeline.stages.ingest import iter_scene_units
 from scene_graph.graph import GraphConfig, SceneGraph
+from scene_graph.regions import RegionConfig
 
 
 @dataclass(frozen=True)
 class GraphStageConfig:
     graph: GraphConfig = field(default_factory=GraphConfig)
     instance_masks: bool = True           # use the release's 2D instance masks where a scene has them
+    regions: RegionConfig | None = field(default_factory=RegionConfig)   # region prompts (None: none)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.graph.to_dict(), "instance_masks": self.instance_masks}
+        return {**self.graph.to_dict(), "instance_masks": self.instance_masks,
+                "regions": None if self.regions is None else self.regions.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -64,27 +67,40 @@ class GraphStage(Stage):
         manifest = read_manifest(scene_dir)
         rows = manifest_frames(scene.frames, manifest)
         depths = decode_depths(rows)
-        masks = _instance_masks(scene, column_as_array(rows, "frame_index").tolist()) if config.instance_masks \
-            else None
+        masks, fallbacks = _instance_masks(scene, column_as_array(rows, "frame_index").tolist()) \
+            if config.instance_masks else (None, [])
         graph = build_scene_graph(scene, manifest, depths=depths, instance_masks=masks, config=config.graph,
-                                  where=str(scene_dir))
+                                  where=str(scene_dir), region_config=config.regions)
         stats = write_graph(job.graph_dir, graph)
+        if fallbacks:
+            stats["mask_fallbacks"] = len(fallbacks)
+            stats[WARNINGS] = [{"type": "InstanceMaskFallback", "path": fallbacks[0]["path"],
+                                "message": f"{len(fallbacks)} frame(s) without a usable 2D instance mask were "
+                                           f"rasterised instead (first: frame {fallbacks[0]['frame_index']}: "
+                                           f"{fallbacks[0]['problem']})"}]
         return graph_output(stats), stats, {}
 
     def finish(self, ctx: Context, outcomes: list, done: list) -> dict[str, Any]:
         made = [o.marker.stats for o in outcomes if o.marker is not None]
+        fallbacks = sum(int(s.get("mask_fallbacks", 0)) for s in made)
+        if fallbacks:
+            ctx.say(f"graph: {fallbacks} frame(s) in {sum(1 for s in made if s.get('mask_fallbacks'))} scene(s) had no "
+                    "usable 2D instance mask and were rasterised instead (warning rows)")
         return {"objects": sum(int(s.get("objects", 0)) for s in made),
-                "visibility_rows": sum(int(s.get("visibility_rows", 0)) for s in made)}
+                "visibility_rows": sum(int(s.get("visibility_rows", 0)) for s in made),
+                "regions": sum(int(s.get("regions", 0)) for s in made), "mask_fallbacks": fallbacks}
 
 
-def _instance_masks(scene, frame_indices: list[int]) -> list | None:
-    """Per-frame instance masks when the scene declares them and the reader that knows the format is present."""
+def _instance_masks(scene, frame_indices: list[int]) -> tuple[list | None, list[dict[str, Any]]]:
+    """Per-frame instance masks when the scene declares them (the release's 2D masks), with the frames whose mask is
+    missing or corrupt set to None (rasterised instead) and listed."""
     spec = scene.meta.get("instance_masks")
     if not isinstance(spec, dict) or spec.get("kind") != "zip":   # the ScanNet reader's declaration
-        return None
+        return None, []
     from pipeline.sources.scannet import read_instance_mask
+    from scene_graph.regions import instance_masks_with_fallback
 
-    return [read_instance_mask(spec["path"], fi) for fi in frame_indices]
+    return instance_masks_with_fallback(lambda fi: read_instance_mask(spec["path"], fi), frame_indices)
 
 
 def save_graph(root: DatasetRoot, graph: SceneGraph, *, scope: str = "graph", config: Mapping[str, Any] | None = None,

@@ -73,7 +73,7 @@ def reference_tokens(root: Path, dataset: str, scene_id: str) -> tuple[np.ndarra
 
 def test_stage_tokens_match_the_model_and_shards_do_not_depend_on_workers(ray_local, template, tmp_path):
     one, two = copy_root(template, tmp_path / "one"), copy_root(template, tmp_path / "two")
-    args = ["--batch-videos", "3", "--with-frames", "--with-points", "--shard-bytes", "20kB"]
+    args = ["--batch-videos", "3", "--with-frames", "--points", "cut3r", "--shard-bytes", "20kB"]
     assert extract(one, *args, "--workers", "1") == 0
     assert extract(two, *args, "--workers", "4") == 0  # twice as many batches decoded ahead
     hashes = file_hashes(one / "tokens")
@@ -96,6 +96,11 @@ def test_stage_tokens_match_the_model_and_shards_do_not_depend_on_workers(ray_lo
         assert [r["frame_index"] for r in sample.frames] == [r["frame_index"] for r in rows]
         np.testing.assert_allclose([r["camera_to_world"] for r in sample.frames], [r["camera_to_world"] for r in rows])
         assert sample.points.shape == (t, 16, 3) and np.isfinite(sample.points).all()
+        assert sample.meta["points_source"] == "cut3r" and sample.points_valid.shape == (t, 16)
+        first_pose = np.asarray(sample.frames[0]["camera_to_world"]).reshape(4, 4)
+        np.testing.assert_allclose(sample.points[sample.points_valid],
+                                   sample.points_cam0[sample.points_valid] @ first_pose[:3, :3].T + first_pose[:3, 3],
+                                   atol=1e-4)
         assert [img.shape for img in sample.images()] == [(SQUASH, SQUASH, 3)] * t
         assert sample.meta["model_id"] == "cut3r-random-tiny-seed0" and sample.meta["input_size"] == SIZE
 
@@ -315,7 +320,7 @@ def test_non_finite_points_become_an_error_not_a_sample():
 
     from workers.extract import DecodedScene, SceneError, SceneJob, encode_scenes, run_identity
 
-    options = ExtractOptions(input_size=SIZE, squash_size=SQUASH, with_points=True)
+    options = ExtractOptions(input_size=SIZE, squash_size=SQUASH, points="cut3r")
     identity = run_identity(ModelSpec("random_tiny").describe(), options)
     n, c, t = (SIZE // 16) ** 2, identity["token_width"], 2
     rows = [{"rank": i, "frame_index": i, "timestamp": 0.0, "camera_to_world": [0.0] * 16, "valid": True}

@@ -33,11 +33,14 @@ def make_sample(key: str, t: int = 3, n: int = 4, c: int = 8, dtype: str = "bflo
     meta = {"key": key, "dataset": "scannet", "scene_id": key, "model_id": "m", "checkpoint_sha256": SHA,
             "dtype": dtype, "storage": "uint16_bits" if dtype == "bfloat16" else "native", "num_frames": t,
             "num_patches": n, "token_width": c, "input_size": 32, "with_points": points, "with_frames": frames,
-            "code_version": "test"}
+            "code_version": "test", **({"points_source": "depth"} if points else {})}
     rows = [{"rank": i, "frame_index": 10 * i, "timestamp": i / 30, "camera_to_world": list(np.eye(4).ravel()),
              "valid": True} for i in range(t)]
+    world = rng.normal(size=(t, n, 3)).astype(np.float32)
     return TokenSample(key, encode_tokens(camera, dtype), encode_tokens(patch, dtype), rows, meta,
-                       rng.normal(size=(t, n, 3)).astype(np.float32) if points else None, jpegs)
+                       world if points else None, jpegs,
+                       points_cam0=(world[..., ::-1].copy() if points else None),
+                       points_valid=(rng.random((t, n)) < 0.8 if points else None))
 
 
 def write_samples(tokens_dir, samples, max_shard_bytes=10**9):
@@ -84,6 +87,8 @@ def test_round_trip_through_webdataset_is_bit_exact(tmp_path):
         assert (got.points is None) == (want.points is None)
         if want.points is not None:
             assert got.points.tobytes() == want.points.tobytes()
+            assert got.points_cam0.tobytes() == want.points_cam0.tobytes()
+            assert got.points_valid.dtype == np.bool_ and np.array_equal(got.points_valid, want.points_valid)
         assert got.jpegs == want.jpegs
     assert back[0].images()[0].shape == (16, 16, 3)
     # the same samples through a plain webdataset pipeline over the index's shard list
@@ -192,6 +197,9 @@ def _npy(array) -> bytes:
     ("frames.json", lambda d: json.dumps(json.loads(d)[:2]).encode(), "frames.json has 2 frames, tokens have 3"),
     ("meta.json", lambda d: json.dumps({**json.loads(d), "dtype": "int8"}).encode(), "unknown token dtype 'int8'"),
     ("points.npy", lambda d: _npy(np.zeros((3, 4, 3), np.float16)), "points.npy is float16"),
+    ("points_valid.npy", lambda d: _npy(np.ones((3, 4), np.uint8)), "points_valid.npy is uint8 [3, 4], expected bool"),
+    ("meta.json", lambda d: json.dumps({**json.loads(d), "points_source": "lidar"}).encode(),
+     "meta points_source is 'lidar'"),
     # 4 patches of width 8 cannot come from a 48x48 input (3x3 patches of 16) of a model with width 768
     ("meta.json", lambda d: json.dumps({**json.loads(d), "input_size": 48,
                                         "model_config": {"patch_size": 16, "dec_embed_dim": 768}}).encode(),

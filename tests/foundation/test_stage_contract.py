@@ -63,14 +63,14 @@ def test_rerun_rules_on_real_stage_runs(built_root, tmp_path, capsys):
     assert status == 0 and "3 done, 0 up to date of 3 scenes" in out and "now stale downstream: qa" in out
     status_now = root_status(ledgers_of(root))
     qa, pack = status_now.stage("qa"), status_now.stage("pack")
-    assert qa.state == "stale" and qa.stale == qa.done == 4
+    assert qa.state == "stale" and qa.stale == qa.done == 6
     assert all("graph:scannet/" in why and "was rebuilt" in why for why in qa.stale_units.values())
     assert pack.state == "stale" and pack.stale == 2          # made from stale QA files
     assert all("qa:" in why and "is stale" in why for why in pack.stale_units.values())
     status, table, _ = _run(capsys, ["status", "--root", r])
     qa_line = next(line for line in table.splitlines() if line.startswith("qa "))
-    assert qa_line.split()[:7] == ["qa", "stale", "4", "4", "4", "0", "0"]
-    assert "qa stale: vsibench/train: graph:scannet/" in table
+    assert qa_line.split()[:7] == ["qa", "stale", "6", "6", "6", "0", "0"]
+    assert "qa stale: regionbench/train: graph:scannet/" in table
 
     # A stage whose inputs were rebuilt refuses to run until --rebuild, naming what changed.
     status, _, err = _run(capsys, qa_cmd)
@@ -78,7 +78,7 @@ def test_rerun_rules_on_real_stage_runs(built_root, tmp_path, capsys):
     assert _digest(root / "qa") == qa_before
     # pack refuses stale inputs, naming them, unless --allow-stale.
     status, _, err = _run(capsys, ["pack", "--root", r])
-    assert status == 2 and "pack: 4 of its inputs are stale" in err and "qa:vsibench/train (graph:scannet/" in err
+    assert status == 2 and "pack: 6 of its inputs are stale" in err and "qa:vsibench/train (graph:scannet/" in err
     status, out, _ = _run(capsys, ["pack", "--root", r, "--allow-stale"])
     assert status == 0 and "0 done, 2 up to date of 2 scenes" in out
 
@@ -99,16 +99,16 @@ def test_train_predict_and_eval_refuse_stale_inputs(built_root, tmp_path, capsys
     train = ["train", "--root", r, "--tiny", "--steps", "1", "--grad-accum", "1", "--max-new-tokens", "2"]
     assert _run(capsys, train + ["--predict"])[0] == 0
     status, out, _ = _run(capsys, ["eval", "--root", r, "--allow-missing"])
-    assert status == 0 and "2 done" in out
+    assert status == 0 and "3 done" in out          # vsibench, vstibench and regionbench val
     scores = _digest(root / "eval")
 
     # New questions: the old predictions (and the scores made from them) are stale.
     assert _run(capsys, ["qa", "--root", r, "--max-per-scene-task", "2", "--seed", "1", "--rebuild", "--local"])[0] == 0
     stale = root_status(ledgers_of(root))
-    assert stale.stage("predict").stale == 2 and stale.stage("eval").stale == 2
+    assert stale.stage("predict").stale == 3 and stale.stage("eval").stale == 3
     assert stale.stage("train").stale == 1       # trained on shards packed from the old questions
     status, _, err = _run(capsys, ["eval", "--root", r, "--allow-missing", "--rebuild"])
-    assert status == 2 and "eval: 2 of its inputs are stale" in err and "predict:vsibench/val" in err
+    assert status == 2 and "eval: 3 of its inputs are stale" in err and "predict:vsibench/val" in err
     assert _digest(root / "eval") == scores
     status, _, err = _run(capsys, train)
     assert status == 2 and "train: 2 of its inputs are stale" in err and "pack:scannet/" in err

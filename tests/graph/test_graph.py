@@ -13,6 +13,7 @@ from pipeline.core.scene import build_manifest, objects_table
 from pipeline.core.schemas import (GRAPH_FRAMES_SCHEMA, GRAPH_OBJECTS_SCHEMA, MANIFEST_SCHEMA, VISIBILITY_SCHEMA,
                               SchemaError, column_as_array, table_from_columns)
 from scene_graph.graph import GraphConfig, build_scene_graph, read_graph, write_graph
+from scene_graph.regions import RegionConfig
 
 
 def _rows(graph, rank=None):
@@ -141,7 +142,8 @@ def test_write_read_round_trip(tmp_path, kit, room_scene):
     for name in ("objects", "frames", "visibility"):
         assert getattr(back, name).equals(getattr(graph, name)), name
     assert back.room == json.loads(json.dumps(graph.room))
-    assert marker.stats["visibility_rows"] == 4 and marker.config == {**GraphConfig().to_dict(), "instance_masks": True}
+    assert marker.stats["visibility_rows"] == 4 and marker.config == {**GraphConfig().to_dict(), "instance_masks": True,
+                                                                  "regions": RegionConfig().to_dict()}
     assert json.loads((folder / DONE_MARKER).read_text())["stats"]["sha256"].keys() == {
         "objects.parquet", "frames.parquet", "visibility.parquet", "room.json"}
     assert back.objects.schema == GRAPH_OBJECTS_SCHEMA and back.frames.schema == GRAPH_FRAMES_SCHEMA

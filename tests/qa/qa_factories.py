@@ -5,7 +5,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from pipeline.core.schemas import (GRAPH_FRAMES_SCHEMA, GRAPH_OBJECTS_SCHEMA, VISIBILITY_SCHEMA, table_from_columns)
+from pipeline.core.schemas import (GRAPH_FRAMES_SCHEMA, GRAPH_OBJECTS_SCHEMA, REGIONS_SCHEMA, VISIBILITY_SCHEMA,
+                                   table_from_columns)
 from scene_graph.graph import SceneGraph
 
 
@@ -71,6 +72,28 @@ def make_graph(objects: Iterable[tuple], poses: Iterable[np.ndarray] = (), visib
     })
     return SceneGraph(dataset=dataset, scene_id=scene_id, split=split, objects=obj_table, frames=frames,
                       visibility=vis_table, room=dict(room or {}))
+
+
+def with_box_regions(graph: SceneGraph, width: int = 64, height: int = 48) -> SceneGraph:
+    """The graph with one region per visibility row: a rectangular mask whose place and size follow from the rank and
+    the instance id (real pycocotools RLE of a width x height frame)."""
+    from dataclasses import replace
+
+    from pipeline.core.masks import encode_mask
+
+    cols: dict[str, list] = {name: [] for name in REGIONS_SCHEMA.names}
+    for row in graph.visibility.to_pylist():
+        rank, instance = row["rank"], row["instance_id"]
+        x0, y0 = (3 * rank + 5 * instance) % (width - 16), (2 * rank + 7 * instance) % (height - 12)
+        x1, y1 = x0 + 6 + instance % 9, y0 + 4 + rank % 7
+        mask = np.zeros((height, width), bool)
+        mask[y0:y1, x0:x1] = True
+        values = {"rank": rank, "instance_id": instance, "bbox_xyxy": [x0, y0, x1 - 1, y1 - 1], "mask_height": height,
+                  "mask_width": width, "rle_counts": encode_mask(mask)["counts"], "visible_pixels": int(mask.sum()),
+                  "visible_fraction": row["visible_fraction"], "truncated": x0 == 0, "source": "mesh_projection"}
+        for name, value in values.items():
+            cols[name].append(value)
+    return replace(graph, regions=table_from_columns(REGIONS_SCHEMA, cols))
 
 
 def run_task(graph: SceneGraph, name: str, seed: int = 0, **overrides) -> tuple[list[dict], dict]:

@@ -63,10 +63,10 @@ def test_status_figures_per_stage(built_root):
     assert routes.done + routes.failed == 3
     assert routes.details["routes"] == sum(json.loads(m.read_text())["stats"]["routes"] for m in markers)
 
-    # The qa units are its files: 2 benches x (train, val).
+    # The qa units are its files: 3 benches x (train, val).
     qa = status.stage("qa")
     lines = _qa_lines(root)
-    assert (qa.done, qa.total, qa.failed, qa.unit) == (4, 4, 0, "question files")
+    assert (qa.done, qa.total, qa.failed, qa.unit) == (6, 6, 0, "question files")
     for name, records in lines.items():
         assert qa.details["files"][name]["questions"] == len(records) > 0
         assert qa.details["files"][name]["scenes"] == len({r["scene_key"] for r in records})

@@ -8,6 +8,10 @@ questions, shuffles them through a seeded buffer and yields padded micro-batches
 never ends (a worker's shards are re-read in a new seeded order each pass), so every rank can take exactly the
 same number of steps; its position is the number of micro-batches consumed, from which a resume skips ahead
 without decoding tensors.
+
+Region questions (regionbench) come with their region prompts: each batch carries, per example, every region's mask
+resized to the 27 x 27 patch grid (the fraction of each patch cell the mask covers, :func:`region_patch_masks`) and
+the rank of the frame it is drawn on, so a region extractor can pool that frame's patch features under it.
 """
 from __future__ import annotations
 
@@ -23,6 +27,8 @@ import numpy as np
 import torch
 
 from pipeline.core.errors import InputError
+from pipeline.core.masks import decode_rle, mask_patch_coverage
+from pipeline.core.patch_points import PATCH_GRID
 from pipeline.core.qa_records import answer_for_training, build_prompt
 from pipeline.core.train_samples import SceneSample, iter_scene_samples
 from workers.trainer.model import IGNORE_INDEX, IMAGE_SIZE, IMAGE_TOKEN_INDEX
@@ -106,6 +112,10 @@ def decode_scene(sample: SceneSample) -> dict[str, torch.Tensor]:
         raise InputError(f"{sample.where}:{sample.key}", f"camera tokens for {camera.shape[0]} frames, "
                                                          f"patch tokens for {patch.shape[0]}")
     out = {"geometry_tokens": torch.from_numpy(np.concatenate([camera, patch], axis=1))}
+    if "points.npy" in sample.members:   # per-patch 3D points (world frame) and their validity
+        out["patch_points"] = torch.from_numpy(np.load(io.BytesIO(sample.members["points.npy"]), allow_pickle=False))
+        out["patch_points_valid"] = torch.from_numpy(
+            np.load(io.BytesIO(sample.members["points_valid.npy"]), allow_pickle=False))
     if "vision.npy" in sample.members:
         stored = np.load(io.BytesIO(sample.members["vision.npy"]), allow_pickle=False)
         out["vision_features"] = torch.from_numpy(decode_tokens(stored, sample.meta.get("vision_dtype", "bfloat16")))
@@ -134,6 +144,18 @@ def pixels_from_jpegs(jpegs: Sequence[bytes], where: str) -> np.ndarray:
     return out
 
 
+def region_patch_masks(record: Mapping[str, Any], grid: int = PATCH_GRID) -> tuple[torch.Tensor, torch.Tensor]:
+    """A record's region prompts on the patch grid: masks [R, grid, grid] float32 (per cell, the fraction of its
+    pixels inside the region's mask) and frame ranks [R] int64, in mention order (the n-th ``<mask>`` of the prompt is
+    the n-th region); [0, grid, grid] and [0] for a record without regions."""
+    regions = record.get("regions") or []
+    masks = np.zeros((len(regions), grid, grid), np.float32)
+    for i, region in enumerate(regions):
+        masks[i] = mask_patch_coverage(decode_rle(region["rle"]), grid)
+    frames = np.asarray([int(region["frame_rank"]) for region in regions], np.int64)
+    return torch.from_numpy(masks), torch.from_numpy(frames)
+
+
 @dataclass(frozen=True)
 class Example:
     """One question of one scene, before tensor decoding."""
@@ -148,8 +170,11 @@ def encode_example(example: Example, tok: Any, *, masking: str, with_time: bool)
 
 
 def collate(items: Sequence[tuple[list[int], list[int], Mapping[str, torch.Tensor]]], pad_id: int,
-            ids: Sequence[Any] = ()) -> dict[str, Any]:
-    """Right-pad token rows; concatenate the videos' frames along the frame axis (each video keeps its count)."""
+            ids: Sequence[Any] = (), regions: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None
+            ) -> dict[str, Any]:
+    """Right-pad token rows; concatenate the videos' frames along the frame axis (each video keeps its count).
+    ``regions`` (per item, from :func:`region_patch_masks`) become ``region_masks`` and ``region_frames``: lists
+    with one [R_i, 27, 27] / [R_i] tensor per item (frame ranks index the item's own frames)."""
     length = max(len(i) for i, _, _ in items)
     input_ids = torch.full((len(items), length), pad_id, dtype=torch.long)
     labels = torch.full((len(items), length), IGNORE_INDEX, dtype=torch.long)
@@ -161,7 +186,12 @@ def collate(items: Sequence[tuple[list[int], list[int], Mapping[str, torch.Tenso
     batch: dict[str, Any] = {"input_ids": input_ids, "labels": labels, "attention_mask": mask,
                              "frames_per_sample": [int(t["geometry_tokens"].shape[0]) for _, _, t in items],
                              "ids": list(ids)}
-    for name in ("geometry_tokens", "pixel_values", "vision_features"):
+    if regions is not None:
+        if len(regions) != len(items):
+            raise ValueError(f"{len(regions)} region sets for {len(items)} items")
+        batch["region_masks"] = [masks for masks, _ in regions]
+        batch["region_frames"] = [frames for _, frames in regions]
+    for name in ("geometry_tokens", "pixel_values", "vision_features", "patch_points", "patch_points_valid"):
         present = [t[name] for _, _, t in items if name in t]
         if present:
             if len(present) != len(items):
@@ -243,7 +273,7 @@ class ShardStream(torch.utils.data.IterableDataset):
             produced += 1
             if produced <= skip:
                 continue  # resume: skipped without decoding any tensor
-            items = []
+            items, regions = [], []
             for ex in group:
                 if ex.scene.key not in cache:
                     cache[ex.scene.key] = decode_scene(ex.scene)
@@ -251,7 +281,8 @@ class ShardStream(torch.utils.data.IterableDataset):
                         cache.popitem(last=False)
                 ids, labels = encode_example(ex, self.tok, masking=self.masking, with_time=self.with_time)
                 items.append((ids, labels, cache[ex.scene.key]))
-            yield collate(items, self.tok.pad_id, [f"{ex.scene.key}/{ex.record.get('id')}" for ex in group])
+                regions.append(region_patch_masks(ex.record))
+            yield collate(items, self.tok.pad_id, [f"{ex.scene.key}/{ex.record.get('id')}" for ex in group], regions)
 
 
 def make_loader(shards: Sequence[str], *, num_workers: int = 0, **kwargs: Any) -> torch.utils.data.DataLoader:
