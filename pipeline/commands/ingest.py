@@ -8,11 +8,11 @@ from typing import Any
 
 from pipeline.core.atomic import read_json
 from pipeline.core.errors import ErrorRow, InputError, record_errors
-from pipeline.core.layout import DATASETS, DONE_MARKER, DatasetRoot
+from pipeline.core.layout import DATASETS, DONE_MARKER, VIDEO_DATASET, DatasetRoot
 from pipeline.core.parallel import map_units
 from pipeline.core.scene import DEFAULT_NUM_FRAMES
 
-HELP = "read a raw ScanNet / ScanNet++ / ARKitScenes release into canonical scenes and frame manifests"
+HELP = "read a raw ScanNet / ScanNet++ / ARKitScenes release or a video folder into canonical scenes + frame manifests"
 STAGE = "ingest"
 
 
@@ -50,6 +50,10 @@ def ingest_scene(job: dict[str, Any]) -> dict[str, Any]:
         except InputError:
             (out_dir / DONE_MARKER).unlink(missing_ok=True)
             raise
+    if scene.dataset == VIDEO_DATASET:  # what the video reader recorded, reported as warning rows
+        from pipeline.sources.video import ingest_notes
+
+        stats = {**stats, "notes": ingest_notes(scene, stats["manifest_frames"], job["num_frames"])}
     return stats
 
 
@@ -90,17 +94,23 @@ def run(args: argparse.Namespace) -> int:
                      "verify_frames": not args.no_verify_frames, "reader_options": reader_options,
                      "config": config})
     errors: list[ErrorRow] = []
+    warnings: list[ErrorRow] = []
     done = 0
-    for job, _stats, exc in map_units(ingest_scene, jobs, local=args.local, workers=args.workers,
-                                      ray_address=args.ray_address, desc=f"ingest {args.dataset}"):
+    for job, stats, exc in map_units(ingest_scene, jobs, local=args.local, workers=args.workers,
+                                     ray_address=args.ray_address, desc=f"ingest {args.dataset}"):
         if exc is None:
             done += 1
+            for note in stats.get("notes", []):
+                warnings.append(ErrorRow(STAGE, args.dataset, job["scene_id"], f"warning:{note['kind']}",
+                                         note["message"]))
+                print(f"warning: {args.dataset}/{job['scene_id']}: {note['message']}", file=sys.stderr)
         else:
             errors.append(ErrorRow.from_exception(STAGE, args.dataset, job["scene_id"], exc))
             print(f"error: {args.dataset}/{job['scene_id']}: {exc}", file=sys.stderr)
-    record_errors(root.errors_path, STAGE, [(args.dataset, j["scene_id"]) for j in jobs], errors)
+    record_errors(root.errors_path, STAGE, [(args.dataset, j["scene_id"]) for j in jobs], errors + warnings)
     counts = {"scenes": len(scenes), "ingested": done, "skipped": len(skipped), "failed": len(errors)}
     root.record_stage(f"{STAGE}:{args.dataset}", config, counts)
     print(f"ingest {args.dataset}: {done} ingested, {len(skipped)} already complete, {len(errors)} failed "
-          f"-> {root.path / 'scenes' / args.dataset}" + (f" (errors: {root.errors_path})" if errors else ""))
+          f"-> {root.path / 'scenes' / args.dataset}" + (f" (errors: {root.errors_path})" if errors else "")
+          + (f" ({len(warnings)} warnings: {root.errors_path})" if warnings else ""))
     return 1 if errors else 0
