@@ -49,7 +49,8 @@ def build_root(path: Path, videos: int, frames: int, per_video: int) -> tuple[Da
             key = scene_key("video", name)
             jpegs = [cv2.imencode(".jpg", rng.integers(0, 256, (384, 384, 3), dtype=np.uint8))[1].tobytes()
                      for _ in range(frames)]
-            meta = {"key": key, "dataset": "video", "scene_id": name, "model_id": "bench", "checkpoint_sha256": "0" * 64,
+            meta = {"key": key, "dataset": "video", "scene_id": name, "model_id": "bench",
+                    "checkpoint_sha256": "0" * 64,
                     "dtype": "bfloat16", "storage": "uint16_bits", "num_frames": frames, "num_patches": PATCHES,
                     "token_width": WIDTH, "input_size": 432, "with_points": False, "with_frames": True,
                     "code_version": "bench"}

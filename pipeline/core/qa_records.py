@@ -269,6 +269,33 @@ def load_benchmark_questions(path: str | Path, stage: str = "predict") -> tuple[
     return questions, problems
 
 
+def benchmark_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A record as the published question files have it: the benchmark columns (and ``mc_answer`` / ``video_path``
+    when present), none of our extra fields."""
+    return {k: record[k] for k in BENCHMARK_COLUMNS + BENCHMARK_OPTIONAL_COLUMNS if k in record}
+
+
+def write_benchmark_questions(records: list[dict[str, Any]], path: str | Path) -> Path:
+    """Write records in lmms-eval's layout (:func:`benchmark_record`), atomically: parquet for a ``.parquet`` path
+    (VSI-Bench's published form; every ground truth must then be text), JSON lines otherwise."""
+    from pipeline.core.atomic import atomic_path
+
+    path = Path(path)
+    rows = [benchmark_record(r) for r in records]
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() == ".parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            if any(not isinstance(r.get("ground_truth"), str) for r in rows):
+                raise ValueError(f"{path}: parquet question files hold text ground truths (VSI-Bench); write "
+                                 "VSTI-Bench's numbers as JSON lines")
+            pq.write_table(pa.Table.from_pylist(rows), tmp)
+        else:
+            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
 @dataclass
 class Predictions:
     """A predictions file as read: id -> text, and every problem found on the way."""
