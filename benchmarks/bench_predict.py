@@ -43,7 +43,7 @@ def build_root(path: Path, videos: int, frames: int, per_video: int) -> tuple[Da
     rng = np.random.default_rng(0)
     root = DatasetRoot(path)
     questions = []
-    with ShardWriter(root.tokens_dir) as writer:
+    with ShardWriter(root.tokens_dir, max_shard_bytes=1 << 32) as writer:
         for v in range(videos):
             name = f"clip{v:03d}"
             key = scene_key("video", name)

@@ -10,6 +10,7 @@ Per video, the median over ``--repeats`` runs of:
 - ``pyav_sequential``: decoding every frame from the start up to the last wanted one (the fallback before this
   benchmark; one run);
 - ``decode_colors``: the whole call extract makes for a frame list (container-rotation check, decoder, rotate_k);
+  the rotation check alone (PyAV open + first frame) is reported too;
 - ``ingest_probe``: :func:`pipeline.sources.video.probe_video`, the one full decoding pass ingest makes to count the
   decodable frames (frames/s over all frames).
 
@@ -36,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.core.atomic import write_json, write_text  # noqa: E402
-from pipeline.core.frames import _decode_sequential, _decode_video_av, decode_colors  # noqa: E402
+from pipeline.core.frames import _decode_sequential, _decode_video_av, _stored_rotation, decode_colors  # noqa: E402
 from pipeline.core.scene import uniform_ranks  # noqa: E402
 from pipeline.sources.video import probe_video, video_frames_table  # noqa: E402
 
@@ -89,7 +90,9 @@ def bench_video(path: Path, num_frames: int, repeats: int, sequential: bool) -> 
 
     def run_sequential():
         with av.open(str(path)) as container:
-            return _decode_sequential(str(path), container, container.streams.video[0], wanted)
+            stream = container.streams.video[0]
+            stream.codec_context.thread_count = 1
+            return _decode_sequential(str(path), container, stream, wanted)
 
     # Same pixels from every path (the contract numbers frames the same way for all of them).
     reference = run_decord()
@@ -103,6 +106,7 @@ def bench_video(path: Path, num_frames: int, repeats: int, sequential: bool) -> 
             "pyav_seek": _timed(lambda: _decode_video_av(str(path), wanted), repeats),
             "decode_colors": _timed(lambda: decode_colors(frames), repeats),
         },
+        "rotation_check_s": _timed(lambda: _stored_rotation(str(path)), repeats),
         "ingest_probe_frames_per_s": total / probe_s,
     }
     if sequential:
@@ -115,16 +119,17 @@ def bench_video(path: Path, num_frames: int, repeats: int, sequential: bool) -> 
 def render_markdown(results: dict) -> str:
     lines = [f"# Video decoding for the frame contract ({results['num_frames']} uniformly spaced frames)", "",
              f"Host: {results['host']}; 1-min load average at start/end {results['load']} on {os.cpu_count()} CPUs. "
-             "decord with one thread (as pipeline.core.frames uses it), PyAV with its default threading. "
+             "decord and PyAV each on one thread (as pipeline.core.frames uses them: one CPU per decode task). "
              "Median of the repeats; pyav_sequential once.", "",
              "| video | size | frames | decord f/s | pyav_seek f/s | decode_colors f/s | pyav_sequential f/s | "
-             "pyav_seek / decord | ingest probe f/s |", "|---|---|---|---|---|---|---|---|---|"]
+             "pyav_seek / decord | rotation check ms | ingest probe f/s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["videos"]:
         fps = r["frames_per_s"]
         seq = f"{fps['pyav_sequential']:.1f}" if "pyav_sequential" in fps else "-"
         lines.append(f"| {Path(r['video']).parent.parent.name}/{Path(r['video']).name} | {r['size'][0]}x{r['size'][1]} "
                      f"| {r['frames']} | {fps['decord']:.1f} | {fps['pyav_seek']:.1f} | {fps['decode_colors']:.1f} | "
-                     f"{seq} | {r['vs_decord']['pyav_seek']:.2f}x | {r['ingest_probe_frames_per_s']:.0f} |")
+                     f"{seq} | {r['vs_decord']['pyav_seek']:.2f}x | {1000 * r['rotation_check_s']:.1f} | "
+                     f"{r['ingest_probe_frames_per_s']:.0f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -128,6 +128,7 @@ def _stored_rotation(path: str) -> int | None:
     try:
         with av.open(path) as container:
             stream = container.streams.video[0]
+            stream.codec_context.thread_count = 1
             frame = next(container.decode(stream), None)
             return None if frame is None else frame_quarter_turns(frame, stream)
     except (av.error.FFmpegError, IndexError, ValueError, OSError):
@@ -189,6 +190,7 @@ def _decode_video_av(path: str, wanted: list[int]) -> dict[int, np.ndarray]:
     out: dict[int, np.ndarray] = {}
     with av.open(path) as container:
         stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1        # one CPU per decode task, as decord is used
         timeline = presentation_timeline(container, stream)
         if timeline is None:
             container.seek(0)

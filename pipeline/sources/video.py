@@ -91,7 +91,7 @@ def probe_video(path: str | Path) -> VideoProbe:
         if not container.streams.video:
             raise InputError(path, "no video stream")
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        stream.codec_context.thread_count = 1    # one CPU per ingest task: parallelism comes from videos
         time_base = stream.time_base or Fraction(1, 1)
         packet_pts: list[int] = []
         packets_read = 0
