@@ -49,7 +49,8 @@ def run_options(args: argparse.Namespace, *, subset: bool = False, selection: Se
     argv = tuple(getattr(args, "argv", ()) or ())
     return RunOptions(local=getattr(args, "local", False), workers=max(1, getattr(args, "workers", 2) or 1),
                       ray_address=getattr(args, "ray_address", None), rebuild=getattr(args, "rebuild", False),
-                      allow_stale=getattr(args, "allow_stale", False), subset=subset, command=argv,
+                      allow_stale=getattr(args, "allow_stale", False), subset=subset,
+                      progress=not getattr(args, "no_progress", False), command=argv,
                       rebuild_command=without_options(argv, selection))
 
 

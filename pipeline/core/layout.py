@@ -19,6 +19,8 @@ ROOT/report/report.md, plots/               the dataset report (stats)
 """
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,8 @@ from typing import Any
 from pipeline.core.atomic import read_json, write_json
 from pipeline.core.version import FORMAT_VERSION, __version__
 
-DATASETS = ("scannet", "scannetpp", "arkitscenes")
+DATASETS = ("scannet", "scannetpp", "arkitscenes", "video")
+VIDEO_DATASET = "video"               # plain video files (pipeline.sources.video): no poses, depth or mesh
 # Every stage, in pipeline order (import-meta makes graphs from metadata files; predict is run by train --predict).
 STAGES = ("ingest", "import-meta", "extract", "graph", "routes", "qa", "pack", "train", "predict", "eval", "stats")
 BENCHES = ("vsibench", "vstibench", "regionbench")
@@ -61,6 +64,26 @@ class DatasetRootError(RuntimeError):
 def scene_key(dataset: str, scene_id: str) -> str:
     """The WebDataset key of a scene: no dots (webdataset splits keys at the first dot)."""
     return f"{dataset}_{scene_id}".replace(".", "_")
+
+
+# A shard key is <= 80 characters (pipeline.core.tokens): "video_" + a scene id of at most 74.
+_MAX_VIDEO_SCENE_ID = 74
+_NOT_KEY_SAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def video_scene_id(name: str) -> str:
+    """The scene id of a video named by its relative path without extension (``arkitscenes/41069025``).
+
+    Readable and without dots: folders become ``__`` (``arkitscenes__41069025``), every character other than letters,
+    digits, ``_`` and ``-`` becomes ``_``. When that cannot be read back to the name (the name had such characters,
+    or ``__`` / ``_`` beside a ``/``) or is too long for a shard key, 8 hex digits of the name's sha256 follow a
+    ``-``, so different names keep different ids. The name itself is recorded in the scene (``scene.json`` ``video``).
+    """
+    readable = _NOT_KEY_SAFE.sub("_", name.replace("/", "__"))
+    if readable.replace("__", "/") == name and len(readable) <= _MAX_VIDEO_SCENE_ID:
+        return readable
+    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]
+    return f"{readable[:_MAX_VIDEO_SCENE_ID - 9]}-{digest}"
 
 
 def bench_file_name(bench: str, split: str) -> str:

@@ -18,6 +18,14 @@ convention: the n-th ``<mask>`` is the n-th region), and their LLaVA conversatio
 
 Predictions are JSON lines ``{"id": ..., "prediction": "..."}``. Ids may be ints in one file and strings in the
 other (``12`` vs ``"12"``): they are compared as text.
+
+Question files as published (lmms-eval's VSI-Bench / VSTI-Bench tasks): JSON lines, one JSON array, or parquet, with
+``id, dataset, scene_name, question_type, question, options, ground_truth`` (VSTI-Bench adds ``mc_answer`` and
+``video_path``). lmms-eval's ``doc_to_text`` with its default ``lmms_eval_specific_kwargs`` (empty pre-prompt, the
+two post-prompts above) is :func:`build_prompt` for every question type it knows, so that is the prompt used;
+:func:`load_benchmark_questions` refuses the types it does not know (lmms-eval raises on them) as error rows.
+A question's video is ``video_path`` without its suffix when given (VSTI-Bench's ``doc_to_visual``), else
+``<dataset>/<scene_name>`` (VSI-Bench's).
 """
 from __future__ import annotations
 
@@ -26,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline.core.errors import InputError
+from pipeline.core.errors import ErrorRow, InputError
 
 PRE_PROMPT = "These are frames of a video."
 MASK_TAG = "<mask>"                      # one per region prompt, in mention order
@@ -48,6 +56,11 @@ NA_QUESTION_TYPES = frozenset({
     "region_distance", "region_size", "region_same_kind_count", "region_camera_distance",
 })
 REQUIRED_FIELDS = ("id", "question_type", "ground_truth")
+# Columns of the published question files, and the extra fields of our own records (all others are unknown).
+BENCHMARK_COLUMNS = ("id", "dataset", "scene_name", "question_type", "question", "options", "ground_truth")
+BENCHMARK_OPTIONAL_COLUMNS = ("mc_answer", "video_path")
+OUR_COLUMNS = ("bench", "task", "qa_key", "scene_key", "object_ids", "frame_ranks", "categories", "answer_value",
+               "answer_text", "template_version", "seed")
 
 
 # ---- one record --------------------------------------------------------------------------------------------------
@@ -162,12 +175,20 @@ def iter_records(path: str | Path) -> Iterator[dict[str, Any]]:
             yield record
 
 
-def load_questions(path: str | Path) -> list[dict[str, Any]]:
-    """Benchmark records (JSON lines, or one JSON array), validated: every question has an id, a type and a ground
-    truth that its kind can score, and ids are unique. A malformed question file is an error, never a count."""
+def read_question_rows(path: str | Path) -> list[dict[str, Any]]:
+    """The rows of a question file: JSON lines, one JSON array, or parquet. A file that cannot be read as one of them
+    raises InputError naming it (and up to five bad lines)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "question file not found")
+    if path.suffix.lower() == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(path).to_pylist()
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputError(path, f"not a readable parquet file: {exc}") from None
     text = path.read_text(encoding="utf-8")
     if text.lstrip().startswith("["):
         try:
@@ -179,23 +200,124 @@ def load_questions(path: str | Path) -> list[dict[str, Any]]:
         rows, problems = read_jsonl(path)
     if problems:
         raise InputError(path, "; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""))
+    return rows
+
+
+def load_questions(path: str | Path) -> list[dict[str, Any]]:
+    """Benchmark records (JSON lines, one JSON array, or parquet), validated: every question has an id, a type and a
+    ground truth that its kind can score, and ids are unique. A malformed question file is an error, never a count."""
+    path = Path(path)
+    rows = read_question_rows(path)
     seen: set[str] = set()
     for i, q in enumerate(rows):
         lacking = [k for k in REQUIRED_FIELDS if k not in q]
         if lacking:
             raise InputError(path, f"question {i + 1} lacks {lacking}")
-        if is_multiple_choice(q) and "mc_answer" not in q and not isinstance(q["ground_truth"], str):
-            raise InputError(path, f"question id {q['id']}: multiple-choice ground_truth must be a letter")
-        if not is_multiple_choice(q):
-            target = to_float(str(q["ground_truth"]))
-            if target is None or not target > 0:
-                raise InputError(path, f"question id {q['id']}: numeric ground_truth must be a positive number, "
-                                       f"got {q['ground_truth']!r}")
+        problem = ground_truth_problem(q)
+        if problem:
+            raise InputError(path, f"question id {q['id']}: {problem}")
         key = id_key(q["id"])
         if key in seen:
             raise InputError(path, f"duplicate question id {q['id']}")
         seen.add(key)
     return rows
+
+
+def ground_truth_problem(record: dict[str, Any]) -> str | None:
+    """Why a record's ground truth cannot be scored (None when it can): multiple choice needs a letter, numeric
+    questions a positive number (MRA divides by it)."""
+    if is_multiple_choice(record):
+        if "mc_answer" not in record and not isinstance(record["ground_truth"], str):
+            return "multiple-choice ground_truth must be a letter"
+        return None
+    target = to_float(str(record["ground_truth"]))
+    if target is None or not target > 0:
+        return f"numeric ground_truth must be a positive number, got {record['ground_truth']!r}"
+    return None
+
+
+def video_name(record: dict[str, Any]) -> str:
+    """The video a benchmark question is about: ``video_path`` without its suffix when the record has one, else
+    ``<dataset>/<scene_name>`` (how lmms-eval's VSTI-Bench and VSI-Bench tasks find the video file)."""
+    video_path = record.get("video_path")
+    if isinstance(video_path, str) and video_path:
+        return str(Path(video_path).with_suffix("").as_posix())
+    return f"{record.get('dataset')}/{record.get('scene_name')}"
+
+
+def load_benchmark_questions(path: str | Path, stage: str = "predict") -> tuple[list[dict[str, Any]], list[ErrorRow]]:
+    """The questions of a published question file that can be answered and scored, and one error row per problem:
+    columns outside the benchmarks' and ours (reported once; the questions go on), and per question a missing field,
+    a question type lmms-eval does not know, options that are not a list of text, an unscorable ground truth, or a
+    repeated id (those questions are left out). A file that cannot be read at all raises InputError."""
+    path = Path(path)
+    rows = read_question_rows(path)
+    problems: list[ErrorRow] = []
+    known_columns = set(BENCHMARK_COLUMNS) | set(BENCHMARK_OPTIONAL_COLUMNS) | set(OUR_COLUMNS)
+    unknown = sorted({k for row in rows for k in row} - known_columns)
+    if unknown:
+        problems.append(ErrorRow(stage, "", "", "UnknownColumns", f"{path}: columns {unknown} are not in "
+                                 f"lmms-eval's question layout {list(BENCHMARK_COLUMNS)}; they are ignored", str(path)))
+    known_types = MCA_QUESTION_TYPES | NA_QUESTION_TYPES
+    required = [c for c in BENCHMARK_COLUMNS if c != "options"]
+    questions, seen = [], set()
+    for number, q in enumerate(rows, start=1):
+        where = f"question {number}" + (f" (id {q['id']})" if "id" in q else "")
+
+        def problem(kind: str, message: str) -> None:
+            problems.append(ErrorRow(stage, str(q.get("dataset", "")), str(q.get("scene_name", "")), kind,
+                                     f"{path}: {where}: {message}", str(path)))
+
+        lacking = [k for k in required if q.get(k) is None]
+        if lacking:
+            problem("MissingField", f"lacks {lacking}")
+            continue
+        if q["question_type"] not in known_types:
+            problem("UnknownQuestionType", f"question type {q['question_type']!r} is not one of lmms-eval's "
+                                           "VSI-Bench / VSTI-Bench types")
+            continue
+        if is_multiple_choice(q):
+            options = q.get("options")
+            if not isinstance(options, list) or not options or not all(isinstance(o, str) for o in options):
+                problem("BadOptions", f"multiple choice needs a list of option texts, got {options!r}")
+                continue
+        bad_truth = ground_truth_problem(q)
+        if bad_truth:
+            problem("BadGroundTruth", bad_truth)
+            continue
+        if id_key(q["id"]) in seen:
+            problem("DuplicateId", "repeats an earlier question's id")
+            continue
+        seen.add(id_key(q["id"]))
+        questions.append(q)
+    return questions, problems
+
+
+def benchmark_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A record as the published question files have it: the benchmark columns (and ``mc_answer`` / ``video_path``
+    when present), none of our extra fields."""
+    return {k: record[k] for k in BENCHMARK_COLUMNS + BENCHMARK_OPTIONAL_COLUMNS if k in record}
+
+
+def write_benchmark_questions(records: list[dict[str, Any]], path: str | Path) -> Path:
+    """Write records in lmms-eval's layout (:func:`benchmark_record`), atomically: parquet for a ``.parquet`` path
+    (VSI-Bench's published form; every ground truth must then be text), JSON lines otherwise."""
+    from pipeline.core.atomic import atomic_path
+
+    path = Path(path)
+    rows = [benchmark_record(r) for r in records]
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() == ".parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            if any(not isinstance(r.get("ground_truth"), str) for r in rows):
+                raise ValueError(f"{path}: parquet question files hold text ground truths (VSI-Bench); write "
+                                 "VSTI-Bench's numbers as JSON lines")
+            pq.write_table(pa.Table.from_pylist(rows), tmp)
+        else:
+            tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
 
 
 @dataclass

@@ -3,6 +3,12 @@
 Readers (``pipeline.sources.*``) produce a :class:`CanonicalScene`; ingest writes it with :func:`write_scene` to
 ``ROOT/scenes/<dataset>/<scene_id>/`` as ``scene.json``, ``frames.parquet``, ``objects.parquet``, ``mesh.ply`` (aligned
 vertices, colours and a per-vertex ``instance_id``, -1 where none), ``manifest.parquet`` and finally the done-marker.
+
+A scene declares where its poses come from (``CanonicalScene.poses``): ``"dataset"`` for a scan (poses, intrinsics,
+mesh; the manifest samples among the frames with a valid pose), or ``"none"`` for a plain video (no pose, intrinsics,
+depth or mesh: ``scene.json`` says so, every pose in ``frames.parquet`` and the manifest is NaN and invalid, no
+``mesh.ply`` is written, and each row of ``frames.parquet`` is a frame the reader decoded, so the manifest samples
+among all rows). Scans' files are exactly what they were before the declaration existed.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import pyarrow as pa
 
 from pipeline.core.atomic import read_json, write_json
 from pipeline.core.errors import InputError
-from pipeline.core.layout import DONE_MARKER
+from pipeline.core.layout import DONE_MARKER, VIDEO_DATASET, DatasetRoot, scene_key
 from pipeline.core.ply import read_ply, write_ply
 from pipeline.core.schemas import (FRAMES_SCHEMA, MANIFEST_SCHEMA, OBJECTS_SCHEMA, column_as_array, read_table,
                               table_from_columns, write_table)
@@ -25,6 +31,9 @@ DEFAULT_NUM_FRAMES = 32
 SCENE_FILES = ("frames.parquet", "objects.parquet", "manifest.parquet", "mesh.ply", "scene.json")
 # What the frames of a scene are made of (the part of an ingested scene that extraction reads).
 FRAME_FILES = ("frames.parquet", "manifest.parquet")
+POSES_DATASET = "dataset"    # poses, intrinsics and mesh from the dataset (scans)
+POSES_NONE = "none"          # a plain video: decodable frames only, no pose, intrinsics, depth or mesh
+POSES = (POSES_DATASET, POSES_NONE)
 
 
 @dataclass
@@ -39,6 +48,11 @@ class CanonicalScene:
     mesh_colors: np.ndarray | None = None     # [V, 3] uint8
     vertex_instance: np.ndarray | None = None  # [V] int64 instance id, -1 = none
     meta: dict[str, Any] = field(default_factory=dict)  # video source, alignment, label map, raw paths, ...
+    poses: str = POSES_DATASET            # POSES: where poses come from ("none": a plain video)
+
+    def __post_init__(self) -> None:
+        if self.poses not in POSES:
+            raise ValueError(f"poses must be one of {POSES}, got {self.poses!r}")
 
     @property
     def camera_to_world(self) -> np.ndarray:
@@ -59,8 +73,16 @@ def uniform_ranks(valid: np.ndarray, num_frames: int = DEFAULT_NUM_FRAMES) -> np
     return candidates[np.unique(picks)]
 
 
-def build_manifest(frames: pa.Table, num_frames: int = DEFAULT_NUM_FRAMES) -> pa.Table:
-    rows = uniform_ranks(column_as_array(frames, "valid"), num_frames)
+def manifest_candidates(frames: pa.Table, poses: str = POSES_DATASET) -> np.ndarray:
+    """Which rows the manifest samples from: frames with a valid pose, or (``poses="none"``) every row, each being a
+    frame the video reader decoded."""
+    if poses == POSES_NONE:
+        return np.ones(frames.num_rows, dtype=bool)
+    return column_as_array(frames, "valid").astype(bool)
+
+
+def build_manifest(frames: pa.Table, num_frames: int = DEFAULT_NUM_FRAMES, poses: str = POSES_DATASET) -> pa.Table:
+    rows = uniform_ranks(manifest_candidates(frames, poses), num_frames)
     sub = frames.take(pa.array(rows, type=pa.int64()))
     return table_from_columns(MANIFEST_SCHEMA, {
         "rank": np.arange(len(rows), dtype=np.int32),
@@ -78,28 +100,47 @@ def write_scene(scene_dir: str | Path, scene: CanonicalScene, num_frames: int = 
     scene_dir.mkdir(parents=True, exist_ok=True)
     (scene_dir / DONE_MARKER).unlink(missing_ok=True)
     valid = column_as_array(scene.frames, "valid")
-    if not valid.any():
-        raise InputError(scene.meta.get("pose_source", scene_dir), "scene has no frame with a valid pose")
-    if len(scene.mesh_vertices) == 0:
-        raise InputError(scene.meta.get("mesh_source", scene_dir), "mesh has no vertices")
+    posed = scene.poses == POSES_DATASET
+    if posed:
+        if not valid.any():
+            raise InputError(scene.meta.get("pose_source", scene_dir), "scene has no frame with a valid pose")
+        if len(scene.mesh_vertices) == 0:
+            raise InputError(scene.meta.get("mesh_source", scene_dir), "mesh has no vertices")
+    else:
+        if scene.frames.num_rows == 0:
+            raise InputError(scene.meta.get("video_source", {}).get("path", scene_dir), "video has no decodable frame")
+        if valid.any() or len(scene.mesh_vertices) or scene.objects.num_rows:
+            raise ValueError(f"{scene.dataset}/{scene.scene_id}: a scene without poses cannot have valid poses, "
+                             "a mesh or objects")
     write_table(scene_dir / "frames.parquet", scene.frames, FRAMES_SCHEMA)
     write_table(scene_dir / "objects.parquet", scene.objects, OBJECTS_SCHEMA)
-    extra = {}
-    if scene.vertex_instance is not None:
-        extra["instance_id"] = np.asarray(scene.vertex_instance, dtype=np.int32)
-    write_ply(scene_dir / "mesh.ply", scene.mesh_vertices, scene.mesh_faces, scene.mesh_colors, extra)
-    manifest = build_manifest(scene.frames, num_frames)
+    files = ["frames.parquet", "objects.parquet", "manifest.parquet", "scene.json"]
+    if posed:
+        extra = {}
+        if scene.vertex_instance is not None:
+            extra["instance_id"] = np.asarray(scene.vertex_instance, dtype=np.int32)
+        write_ply(scene_dir / "mesh.ply", scene.mesh_vertices, scene.mesh_faces, scene.mesh_colors, extra)
+        files.insert(3, "mesh.ply")
+    else:
+        (scene_dir / "mesh.ply").unlink(missing_ok=True)
+    manifest = build_manifest(scene.frames, num_frames, scene.poses)
     write_table(scene_dir / "manifest.parquet", manifest, MANIFEST_SCHEMA)
-    info = {
-        "dataset": scene.dataset, "scene_id": scene.scene_id, "split": scene.split,
-        "units": "metres", "up_axis": "z", "camera": "opencv", "mesh": "mesh.ply", **scene.meta,
-    }
+    if posed:
+        info = {
+            "dataset": scene.dataset, "scene_id": scene.scene_id, "split": scene.split,
+            "units": "metres", "up_axis": "z", "camera": "opencv", "mesh": "mesh.ply", **scene.meta,
+        }
+    else:
+        info = {
+            "dataset": scene.dataset, "scene_id": scene.scene_id, "split": scene.split,
+            "poses": POSES_NONE, "intrinsics": "none", "depth": "none", "mesh": None, **scene.meta,
+        }
     write_json(scene_dir / "scene.json", info)
     return {
         "frames": int(len(valid)), "valid_frames": int(valid.sum()), "manifest_frames": int(manifest.num_rows),
         "objects": int(scene.objects.num_rows), "mesh_vertices": int(len(scene.mesh_vertices)),
-        "mesh_faces": int(len(scene.mesh_faces)),
-        "sha256": {name: _sha(scene_dir / name) for name in SCENE_FILES},
+        "mesh_faces": int(len(scene.mesh_faces)), "poses": scene.poses,
+        "sha256": {name: _sha(scene_dir / name) for name in files},
     }
 
 
@@ -116,17 +157,37 @@ def read_scene(scene_dir: str | Path, with_mesh: bool = True) -> CanonicalScene:
     if not is_complete(scene_dir):
         raise FileNotFoundError(f"{scene_dir}: not a completely ingested scene (no {DONE_MARKER})")
     info = read_json(scene_dir / "scene.json")
+    poses = info.get("poses", POSES_DATASET)
     verts = np.zeros((0, 3)); faces = np.zeros((0, 3), np.int64); colors = inst = None
-    if with_mesh:
+    if with_mesh and info.get("mesh") is not None:
         mesh = read_ply(scene_dir / "mesh.ply")
         verts, faces, colors = mesh.vertices, mesh.faces, mesh.colors
         inst = mesh.vertex["instance_id"].astype(np.int64) if "instance_id" in mesh.vertex else None
-    meta = {k: v for k, v in info.items() if k not in ("dataset", "scene_id", "split")}
+    declared = ("dataset", "scene_id", "split") if poses == POSES_DATASET else \
+        ("dataset", "scene_id", "split", "poses", "intrinsics", "depth", "mesh")
+    meta = {k: v for k, v in info.items() if k not in declared}
     return CanonicalScene(
         dataset=info["dataset"], scene_id=info["scene_id"], split=info["split"],
         frames=read_table(scene_dir / "frames.parquet", FRAMES_SCHEMA),
         objects=read_table(scene_dir / "objects.parquet", OBJECTS_SCHEMA),
-        mesh_vertices=verts, mesh_faces=faces, mesh_colors=colors, vertex_instance=inst, meta=meta)
+        mesh_vertices=verts, mesh_faces=faces, mesh_colors=colors, vertex_instance=inst, meta=meta, poses=poses)
+
+
+def scene_poses(scene_dir: str | Path) -> str:
+    """Where an ingested scene's poses come from (``POSES``): stages that need poses or a mesh (graph, routes, QA)
+    skip ``"none"`` scenes."""
+    return read_json(Path(scene_dir) / "scene.json").get("poses", POSES_DATASET)
+
+
+def video_name_index(root: DatasetRoot) -> dict[str, str]:
+    """Shard key of every ingested plain video by its name (relative path without suffix, as ``scene.json`` records
+    it: ``arkitscenes/41069025``), which is how benchmark questions name videos (``<dataset>/<scene_name>``)."""
+    index = {}
+    for dataset, scene_id in root.scenes(VIDEO_DATASET):
+        video = read_json(root.scene_dir(dataset, scene_id) / "scene.json").get("video") or {}
+        if "name" in video:
+            index[str(video["name"])] = scene_key(dataset, scene_id)
+    return index
 
 
 def read_manifest(scene_dir: str | Path) -> pa.Table:

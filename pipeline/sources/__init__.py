@@ -12,7 +12,7 @@ from typing import Protocol
 
 from pipeline.core.scene import CanonicalScene
 
-READERS = ("scannet", "scannetpp", "arkitscenes")
+READERS = ("scannet", "scannetpp", "arkitscenes", "video")
 
 
 class DatasetReader(Protocol):

@@ -52,9 +52,9 @@ class GraphStage(Stage):
         return str(root.graphs_dir)
 
     def units(self, ctx: Context) -> list[Unit]:
+        scenes = iter_scene_units(ctx, ctx.extra.get("dataset"), ctx.extra.get("scenes"), posed_only=True)
         return [Unit(unit, upstream, GraphJob(str(ctx.root.scene_dir(ds, sid)), str(ctx.root.graph_dir(ds, sid))),
-                     dataset=ds, scene_id=sid)
-                for ds, sid, unit, upstream in iter_scene_units(ctx, ctx.extra.get("dataset"), ctx.extra.get("scenes"))]
+                     dataset=ds, scene_id=sid) for ds, sid, unit, upstream in scenes]
 
     def run_unit(self, job: GraphJob, config: GraphStageConfig) -> tuple[str, dict[str, Any], dict[str, str]]:
         from pipeline.core.frames import decode_depths

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pipeline.core.errors import InputError
-from pipeline.core.layout import DATASETS, DONE_MARKER, DatasetRoot
+from pipeline.core.layout import DATASETS, DONE_MARKER, VIDEO_DATASET, DatasetRoot
 from pipeline.core.markers import Marker, digest
 from pipeline.core.scene import DEFAULT_NUM_FRAMES, FRAME_FILES, CanonicalScene, write_scene
-from pipeline.stages.contract import Context, FileLedger, Stage, StageRefused, Unit
+from pipeline.stages.contract import WARNINGS, Context, FileLedger, Stage, StageRefused, Unit
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,11 @@ class IngestStage(Stage):
         scene = reader.read_scene(Path(job.raw), job.scene_id, job.split)
         stats = write_canonical_scene(Path(job.scene_dir), scene, config.num_frames, config.verify_frames)
         output, parts = scene_outputs(stats)
+        if job.dataset == VIDEO_DATASET:    # what the video reader noticed (corrupt tail, variable rate, ...)
+            from pipeline.sources.video import ingest_notes
+
+            stats[WARNINGS] = [{"type": note["kind"], "message": note["message"]}
+                               for note in ingest_notes(scene, stats["manifest_frames"], config.num_frames)]
         return output, stats, parts
 
 
@@ -126,8 +131,7 @@ def list_release(config: IngestConfig, split: str | None) -> list[tuple[str, str
             raise StageRefused(f"ingest: {raw}: no {config.dataset} scene of split {split!r} (splits found: {found})")
     looks = [d for d in recognise(raw) if d != config.dataset]
     hint = f"; this folder has the layout of {' / '.join(looks)} (--dataset {looks[0]})" if looks else ""
-    parent = [d for d in recognise(raw.parent) if d == config.dataset] if not looks else []
-    if parent:
+    if config.dataset in recognise(raw.parent):
         hint = f"; {raw} looks like a folder inside a {config.dataset} release: pass its parent ({raw.parent})"
     raise StageRefused(f"ingest: {raw}: no {config.dataset} scene found{problem}. Expected the {config.dataset} "
                        f"layout: {reader.layout}{hint}")
@@ -164,17 +168,22 @@ def write_ingested_scene(root: DatasetRoot, scene: CanonicalScene, num_frames: i
 
 
 def iter_scene_units(ctx: Context, dataset: str | None = None, scenes: list[str] | None = None,
-                     part: str | None = None) -> Iterator[tuple[str, str, str, dict[str, str]]]:
+                     part: str | None = None, posed_only: bool = False) -> Iterator[tuple[str, str, str, dict[str, str]]]:
     """(dataset, scene_id, unit id, upstream) of the ingested scenes a scene stage runs on: ``dataset`` and
-    ``scenes`` (ids or ``<dataset>_<id>`` keys) select; the upstream is the scene's ingest output (or its ``part``).
-    Unknown selections are refused."""
+    ``scenes`` (ids or ``<dataset>_<id>`` keys) select; ``posed_only`` leaves out scenes without poses or mesh
+    (plain videos); the upstream is the scene's ingest output (or its ``part``). Unknown selections are refused."""
     from pipeline.core.markers import ref
+    from pipeline.core.scene import POSES_NONE, scene_poses
 
     markers = ctx.ledgers.markers("ingest")
     available = [(ds, sid) for ds, sid in ctx.root.scenes(dataset) if _unit_id(ds, sid) in markers]
+    if posed_only:
+        available = [(ds, sid) for ds, sid in available if scene_poses(ctx.root.scene_dir(ds, sid)) != POSES_NONE]
     if not available:
         which = f"{dataset} " if dataset else ""
-        raise StageRefused(f"no ingested {which}scenes under {ctx.root.scenes_dir}; run `vlm3r-data ingest` first")
+        posed = "scans (scenes with poses) " if posed_only else ""
+        raise StageRefused(f"no ingested {which}{posed or 'scenes '}under {ctx.root.scenes_dir}; run `vlm3r-data "
+                           "ingest` first")
     if scenes:
         wanted = set(scenes)
         chosen = [(ds, sid) for ds, sid in available if sid in wanted or f"{ds}_{sid}" in wanted

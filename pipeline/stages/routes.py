@@ -58,9 +58,10 @@ class RoutesStage(Stage):
 
     def units(self, ctx: Context) -> list[Unit]:
         root = ctx.root
+        scenes = iter_scene_units(ctx, ctx.extra.get("dataset"), ctx.extra.get("scenes"), posed_only=True)
         return [Unit(unit, upstream, RoutesJob(ds, sid, str(root.scene_dir(ds, sid)), str(root.routes_table(ds, sid)),
                                                str(root.routes_plot(ds, sid))), dataset=ds, scene_id=sid)
-                for ds, sid, unit, upstream in iter_scene_units(ctx, ctx.extra.get("dataset"), ctx.extra.get("scenes"))]
+                for ds, sid, unit, upstream in scenes]
 
     def run_unit(self, job: RoutesJob, config: RoutesConfig) -> tuple[str, dict[str, Any], dict[str, str]]:
         """Build the navigator, sample and write one scene's routes (+ plot). Raises on bad input."""

@@ -96,9 +96,12 @@ def _recorded_units(info: dict[str, Any], scopes: Iterable[str]) -> int:
 def _expected(name: str, ledgers: Ledgers, info: dict[str, Any], done: int, failed: int, markers) -> int:
     """How many units the stage should cover, from its inputs where that is cheap, else from its last run."""
     root = ledgers.root
-    ingested = len(ledgers.markers("ingest"))
-    if name in ("extract", "graph", "routes"):
-        return max(ingested, done + failed)
+    ingested = ledgers.markers("ingest")
+    if name == "extract":
+        return max(len(ingested), done + failed)
+    if name in ("graph", "routes"):     # scenes with poses and a mesh (plain videos have neither)
+        posed = sum(1 for m in ingested.values() if m.stats.get("poses", "dataset") != "none")
+        return max(posed, done + failed)
     if name == "qa":
         splits = {str(m.stats.get("split")) for m in ledgers.markers("graph").values()}
         return max(len(BENCHES) * len(splits), done + failed)

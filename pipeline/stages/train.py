@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -188,13 +187,95 @@ class PredictStage(Stage):
             job = item.unit.job
             out = ctx.root.predictions_dir / f"{bench_file_name(job['bench'], job['split'])}.jsonl"
             try:
-                count = predict(model, tokenizer, ctx.root, read_questions(Path(job["questions"])), out,
-                                max_new_tokens=config.max_new_tokens, time_instruction=config.time_instruction,
-                                device=device)
+                summary = predict(model, tokenizer, ctx.root, read_questions(Path(job["questions"])), out,
+                                  max_new_tokens=config.max_new_tokens, time_instruction=config.time_instruction,
+                                  device=device, progress=ctx.options.progress)
             except InputError as exc:
                 yield Outcome(item.unit, errors=[ErrorRow.from_exception(self.name, "", item.unit.id, exc)])
                 continue
-            marker = item.marker(self, ctx, sha256_file(out), {"predictions": count, "checkpoint": str(checkpoint)})
+            marker = item.marker(self, ctx, sha256_file(out), {**summary.to_json(), "checkpoint": str(checkpoint)})
             ctx.ledgers.of(self.name).write(ctx.root, marker)
-            print(f"predictions: {out} ({count}; score: vlm3r-data eval --root {ctx.root.path})", file=sys.stdout)
-            yield Outcome(item.unit, marker=marker)
+            print(f"predictions: {out} ({summary.answered} of {summary.questions} questions)")
+            yield Outcome(item.unit, marker=marker, errors=summary.error_rows(job["questions"]))
+
+
+@dataclass(frozen=True)
+class PredictFileConfig:
+    """Answering a question file given on the command line (lmms-eval's layout) with a given adapter."""
+
+    questions: str                        # the question file, absolute
+    questions_sha256: str
+    adapter: str                          # the checkpoint folder, absolute
+    out: str                              # the predictions file, absolute
+    max_new_tokens: int = 16              # lmms-eval's generation budget
+    time_instruction: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class PredictFileStage(Stage):
+    """``predict --questions FILE``: one unit, answered every time it is asked (a one-shot command with its own
+    output file; nothing in the root reads that file, so no done-marker). Its inputs are the root's token samples of
+    the questions' videos: stale ones are refused unless --allow-stale."""
+
+    name = "predict"
+    reads = ("extract",)
+    version = 1
+    noun = "question files"
+    refuses_stale_inputs = True
+    always_rebuild = True
+
+    def ledger(self) -> FileLedger:
+        return PredictStage().ledger()
+
+    def scope(self, config: PredictFileConfig) -> str:
+        return f"predict-file:{config.questions}"
+
+    def outputs(self, root: DatasetRoot) -> str:
+        return "the --out file"
+
+    def units(self, ctx: Context) -> list[Unit]:
+        from pipeline.core.qa_records import load_benchmark_questions
+        from workers.trainer.predict import STAGE, question_key_resolver
+
+        config: PredictFileConfig = ctx.config
+        questions, problems = load_benchmark_questions(config.questions, STAGE)
+        ctx.extra["questions"], ctx.extra["problems"] = questions, problems
+        key_of = question_key_resolver(ctx.root)
+        keys = {key_of(q) for q in questions}
+        tokens = ctx.ledgers.markers("extract")
+        upstream = {ref("extract", u): m.identity for u, m in sorted(tokens.items())
+                    if scene_key(*u.split("/", 1)) in keys}
+        videos = tuple(sorted({(str(q.get("dataset", "")), str(q.get("scene_name", ""))) for q in questions}))
+        return [Unit(Path(config.questions).name, upstream, videos, scene_id=Path(config.questions).name)]
+
+    def execute(self, ctx: Context, work: list[Work]) -> Iterator[Outcome]:
+        import torch
+
+        from workers.trainer.predict import load_adapter, predict
+
+        config: PredictFileConfig = ctx.config
+        problems = ctx.extra["problems"]
+        for item in work:
+            device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+            model, tokenizer, _, checkpoint = load_adapter(config.adapter, device)
+            summary = predict(model, tokenizer, ctx.root, ctx.extra["questions"], Path(config.out),
+                              max_new_tokens=config.max_new_tokens, time_instruction=config.time_instruction,
+                              device=device, progress=ctx.options.progress)
+            rows = problems + summary.error_rows(config.questions)
+            for q in summary.missing[:20]:
+                ctx.say(f"  no video: question {q['id']}: {q['video']}")
+            if len(summary.missing) > 20:
+                ctx.say(f"  ... and {len(summary.missing) - 20} more questions without a video")
+            total = summary.questions + sum(1 for r in problems if r.error_type != "UnknownColumns")
+            print(f"predict: {summary.answered} of {total} questions answered from {summary.videos} videos "
+                  f"({summary.questions_per_s:.2f} questions/s, checkpoint {checkpoint}); {len(summary.missing)} "
+                  f"without a video in the root, {len(problems)} problems in the question file -> {config.out}")
+            print(f"score: vlm3r-data eval --questions {config.questions} --predictions {config.out}")
+            marker = item.marker(self, ctx, sha256_file(config.out), summary.to_json())
+            yield Outcome(item.unit, marker=marker, errors=rows)
+
+    def error_keys(self, unit: Unit) -> list[tuple[str, str]]:
+        """The rows a rerun replaces: the question file's own, and those of its questions' videos."""
+        return [("", unit.id), *unit.job]

@@ -105,7 +105,10 @@ def test_ingest_on_another_datasets_folder_says_what_it_looks_like(tmp_path, cap
                                  "--out", out])
     assert status == 2 and f"pass its parent ({tmp_path / 'scannetpp'})" in text
     # An unrelated folder: the expected layout, no guess.
-    status, text = _run(capsys, ["ingest", "--dataset", "arkitscenes", "--raw", str(tmp_path), "--out", out])
+    unrelated = tmp_path / "notes"
+    unrelated.mkdir()
+    (unrelated / "readme.txt").write_text("nothing to ingest")
+    status, text = _run(capsys, ["ingest", "--dataset", "arkitscenes", "--raw", str(unrelated), "--out", out])
     assert status == 2 and "no arkitscenes scene found" in text and "has the layout of" not in text
 
 

@@ -10,7 +10,7 @@ from pipeline.core.layout import DONE_MARKER
 from pipeline.core.scene import build_manifest
 from pipeline.core.schemas import column_as_array
 from pipeline.sources.synthetic import canonical_inputs, generate_scene
-from scene_graph.graph import build_scene_graph, read_graph, write_graph
+from scene_graph.graph import build_scene_graph, read_graph
 from pipeline.core.masks import decode_rle, encode_mask, rle_bbox_xyxy
 from scene_graph.regions import MIN_REGION_AREA_FRACTION, RegionConfig, instance_masks_with_fallback, region_rle
 
