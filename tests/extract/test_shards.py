@@ -190,7 +190,7 @@ def _npy(array) -> bytes:
     ("patch.npy", lambda d: _npy(np.zeros((3, 5, 8), np.uint16)), "patch.npy has shape [3, 5, 8], expected [3, 4, 8]"),
     ("camera.npy", lambda d: _npy(np.zeros((3, 1, 8), np.float64)), "camera.npy has dtype float64"),
     ("frames.json", lambda d: json.dumps(json.loads(d)[:2]).encode(), "frames.json has 2 frames, tokens have 3"),
-    ("meta.json", lambda d: json.dumps({**json.loads(d), "dtype": "int8"}).encode(), "unknown token dtype 'int8'"),
+    ("meta.json", lambda d: json.dumps({**json.loads(d), "dtype": "int4"}).encode(), "unknown token dtype 'int4'"),
     ("points.npy", lambda d: _npy(np.zeros((3, 4, 3), np.float16)), "points.npy is float16"),
     # 4 patches of width 8 cannot come from a 48x48 input (3x3 patches of 16) of a model with width 768
     ("meta.json", lambda d: json.dumps({**json.loads(d), "input_size": 48,

@@ -99,9 +99,16 @@ def decode_scene(sample: SceneSample) -> dict[str, torch.Tensor]:
     normalisation, mean 0.5 std 0.5) or vision features [T, 729, d] float32."""
     from pipeline.core.tokens import decode_tokens
 
+    def load(name: str) -> np.ndarray | None:
+        data = sample.members.get(name)
+        return None if data is None else np.load(io.BytesIO(data), allow_pickle=False)
+
     dtype = sample.meta["dtype"]
-    camera = decode_tokens(np.load(io.BytesIO(sample.members["camera.npy"]), allow_pickle=False), dtype)
-    patch = decode_tokens(np.load(io.BytesIO(sample.members["patch.npy"]), allow_pickle=False), dtype)
+    try:  # the scaled codecs (float8_e4m3, int8) carry per-channel scales beside the codes
+        camera = decode_tokens(load("camera.npy"), dtype, load("camera_scale.npy"))
+        patch = decode_tokens(load("patch.npy"), dtype, load("patch_scale.npy"))
+    except ValueError as exc:
+        raise InputError(f"{sample.where}:{sample.key}", str(exc)) from None
     if camera.shape[0] != patch.shape[0]:
         raise InputError(f"{sample.where}:{sample.key}", f"camera tokens for {camera.shape[0]} frames, "
                                                          f"patch tokens for {patch.shape[0]}")
