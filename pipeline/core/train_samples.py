@@ -167,6 +167,7 @@ class SceneSample:
 
 
 def iter_scene_samples(path: str) -> Iterator[SceneSample]:
-    """Scene samples of one training shard, read with webdataset (keys split at the first dot, no decoding)."""
+    """Scene samples of one training shard (:func:`pipeline.core.shards.iter_raw_samples`: members grouped as
+    webdataset groups them, no decoding)."""
     for key, members in iter_raw_samples(path):
         yield SceneSample.from_members(key, members, path)

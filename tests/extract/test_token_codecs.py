@@ -30,6 +30,8 @@ def test_e4m3_bits_equal_torch_float8_e4m3fn():
     np.testing.assert_array_equal(np.isnan(E4M3_VALUES), np.isnan(reference))
     finite = ~np.isnan(reference)
     np.testing.assert_array_equal(e4m3_bits_to_float32(patterns)[finite], reference[finite])
+    odd = patterns[:101].reshape(1, 101)  # an odd count decodes one code at a time instead of two
+    np.testing.assert_array_equal(e4m3_bits_to_float32(odd), reference[None, :101])
     # every finite value encodes to its own pattern (including -0 -> 0x80)
     np.testing.assert_array_equal(float32_to_e4m3_bits(reference[finite]), patterns[finite])
 

@@ -398,8 +398,9 @@ class Cut3rModel(nn.Module):
         cams, patches = [], []
         head_steps: dict[str, list[torch.Tensor]] = {}
         debug_steps: dict[str, list[torch.Tensor]] = {}
+        lengths_host = lengths_t.cpu()  # which rows run at each step, decided without a device synchronisation
         for i in range(t):
-            active = lengths_t > i
+            active = lengths_host > i
             flags = {name: (None if arr is None else arr[:, i])
                      for name, arr in (("img_mask", img_mask), ("update", update), ("reset", reset))}
             # From a fresh state, every row active at step i > 0 has seen its first frame (lengths are prefixes).
@@ -408,7 +409,7 @@ class Cut3rModel(nn.Module):
                 step_out, state = self.step(state, enc_feat=enc_all[:, i], image_size=image_size, heads=heads,
                                             debug=debug, first_frame=first_frame, **flags)
             else:
-                rows = active.nonzero().squeeze(1)
+                rows = active.nonzero().squeeze(1).to(device)
                 sub_flags = {k: (None if v is None else v.to(device)[rows]) for k, v in flags.items()}
                 sub_out, sub_state = self.step(state.select(rows), enc_feat=enc_all[rows, i], image_size=image_size,
                                                heads=heads, debug=debug, first_frame=first_frame, **sub_flags)

@@ -11,7 +11,6 @@ without decoding tensors.
 """
 from __future__ import annotations
 
-import io
 import itertools
 import math
 from collections import OrderedDict
@@ -97,11 +96,12 @@ def encode_conversation(tok: Any, user: str, answer: str | None, masking: str = 
 def decode_scene(sample: SceneSample) -> dict[str, torch.Tensor]:
     """Geometry tokens [T, 1 + N, C] float32 (camera token first) and pixel values [T, 3, 384, 384] (SigLIP's
     normalisation, mean 0.5 std 0.5) or vision features [T, 729, d] float32."""
+    from pipeline.core.shards import load_npy
     from pipeline.core.tokens import decode_tokens
 
     def load(name: str) -> np.ndarray | None:
         data = sample.members.get(name)
-        return None if data is None else np.load(io.BytesIO(data), allow_pickle=False)
+        return None if data is None else load_npy(data, f"{sample.where}:{sample.key}.{name}")
 
     dtype = sample.meta["dtype"]
     try:  # the scaled codecs (float8_e4m3, int8) carry per-channel scales beside the codes
@@ -114,7 +114,7 @@ def decode_scene(sample: SceneSample) -> dict[str, torch.Tensor]:
                                                          f"patch tokens for {patch.shape[0]}")
     out = {"geometry_tokens": torch.from_numpy(np.concatenate([camera, patch], axis=1))}
     if "vision.npy" in sample.members:
-        stored = np.load(io.BytesIO(sample.members["vision.npy"]), allow_pickle=False)
+        stored = load("vision.npy")
         out["vision_features"] = torch.from_numpy(decode_tokens(stored, sample.meta.get("vision_dtype", "bfloat16")))
     else:
         names = sorted(n for n in sample.members if n.startswith("frame_") and n.endswith(".jpg"))
