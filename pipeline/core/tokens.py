@@ -118,20 +118,30 @@ def float32_to_e4m3_bits(values: np.ndarray) -> np.ndarray:
     out-of-range value never becomes the NaN pattern. NaN itself is refused (tokens are checked finite before they
     are stored).
     """
-    x = np.asarray(values, dtype=np.float32)
+    shape = np.shape(values)
+    x = np.asarray(values, dtype=np.float32, order="C").reshape(-1)
     if np.isnan(x).any():
         raise ValueError("float8 e4m3 encoding of NaN values")
     magnitude = np.abs(x)
     bits = magnitude.view(np.uint32)
     # Normal range (>= 2**-6): keep 3 of float32's 23 mantissa bits, rounding half to even on the 20 dropped ones (a
-    # carry moves into the exponent, as it should), then rebias the exponent from 127 to 7. Values past 448 land
-    # above 0x7E and are clamped there (0x7F would be NaN).
-    normal = ((bits + (0x7FFFF + ((bits >> 20) & 1))) >> 20).astype(np.int32) - ((127 - 7) << 3)
-    # Zero and the subnormals (< 2**-6): multiples of 2**-9, so the code is the value in those units (0..8, where 8
-    # is the smallest normal number); both scalings are exact.
-    subnormal = np.rint(np.minimum(magnitude, np.float32(2.0 ** -6)) * np.float32(2.0 ** 9)).astype(np.int32)
-    codes = np.minimum(np.where(magnitude >= np.float32(2.0 ** -6), normal, subnormal), 0x7E).astype(np.uint8)
-    return codes | (np.signbit(x).astype(np.uint8) << 7)
+    # carry moves into the exponent, as it should): code = (float32 exponent << 3 | 3 mantissa bits) rebiased from
+    # 127 to 7, i.e. minus 120 << 3. Past 448 it is clamped to 0x7E (0x7F would be NaN). In place, few passes.
+    codes32 = bits >> 20
+    codes32 &= 1
+    codes32 += 0x7FFFF
+    codes32 += bits
+    codes32 >>= 20
+    np.minimum(codes32, (120 << 3) + 0x7E, out=codes32)
+    codes32 -= 120 << 3  # wraps below the normal range: those codes are replaced just below
+    codes = codes32.astype(np.uint8)
+    # Zero and the subnormals (< 2**-6, few in practice): multiples of 2**-9, so the code is the value in those units
+    # (0..8, where 8 is the smallest normal number); the scaling is exact.
+    small = np.flatnonzero(magnitude < np.float32(2.0 ** -6))
+    if small.size:
+        codes[small] = np.rint(magnitude[small] * np.float32(2.0 ** 9)).astype(np.uint8)
+    codes |= (x.view(np.uint32) >> 24).astype(np.uint8) & np.uint8(0x80)  # the sign bit
+    return codes.reshape(shape)
 
 
 def _e4m3_table() -> np.ndarray:
