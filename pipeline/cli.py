@@ -14,7 +14,7 @@ import sys
 # Order = the order of the pipeline; ``--help`` lists them like this.
 COMMANDS = (
     "demo", "run", "ingest", "extract", "graph", "routes", "qa", "pack", "train", "predict", "eval",
-    "stats", "status", "cut3r", "import-meta", "export-meta",
+    "stats", "status", "cut3r", "import-meta", "export-meta", "dump-tokens",
 )
 
 

@@ -18,8 +18,10 @@ as error rows; infrastructure failures (a dead worker or actor) are exceptions t
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
+import threading
 from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +31,7 @@ import numpy as np
 
 from pipeline.core.patch_points import POINTS_SOURCES, PatchPoints, cut3r_patch_points
 from pipeline.core.version import __version__
-from pipeline.core.tokens import TOKEN_DTYPES, TokenSample, encode_tokens, token_dtype_name, validate_sample
+from pipeline.core.tokens import TokenSample, token_codec, token_dtype_name, validate_sample
 
 MODEL_KINDS = ("checkpoint", "weights", "random_tiny")
 
@@ -91,7 +93,8 @@ class ModelSpec:
         from workers.cut3r import Cut3rEncoder
 
         return Cut3rEncoder(self.load(), device=options.device, precision=options.precision,
-                            attention=options.attention)
+                            attention=options.attention, compile=options.compile,
+                            encoder_chunk=options.encoder_chunk)
 
 
 def state_dict_sha256(state_dict: dict) -> str:
@@ -108,11 +111,12 @@ def state_dict_sha256(state_dict: dict) -> str:
 class TokenEncoder(Protocol):
     """What the model actor needs: B preprocessed videos [T_b,3,S,S] in, padded tokens out.
 
-    The result has ``camera_tokens`` [B,T,1,C], ``patch_tokens`` [B,T,N,C] (float) and, with ``points=True``,
-    ``points`` [B,T,N,3]; :class:`workers.cut3r.Cut3rEncoder` is the real one.
+    The result (a :class:`workers.cut3r.EncodedBatch`) has ``camera_tokens`` [B,T,1,C], ``patch_tokens`` [B,T,N,C]
+    (float32, or the compute dtype with ``keep_dtype``) and, with ``points=True``, ``points`` [B,T,N,3], and
+    ``to_host()``; :class:`workers.cut3r.Cut3rEncoder` is the real one.
     """
 
-    def encode(self, frames: list, *, points: bool = False) -> Any: ...  # points: CUT3R's point head
+    def encode(self, frames: list, *, points: bool = False, keep_dtype: bool = False) -> Any: ...  # points: CUT3R's point head
 
 
 EncoderFactory = Callable[["ExtractOptions"], TokenEncoder]
@@ -127,15 +131,20 @@ class ExtractOptions:
     input_size: int = 432                 # CUT3R input side (27x27 = 729 patches at 432)
     squash_size: int | None = 384         # SigLIP squash before the resize; None resizes the decoded frame directly
     resample: str = "bicubic"             # PIL filter of the squash
-    dtype: str = "float32"                # stored token dtype: bfloat16 | float16 | float32
+    token_dtype: str = "float32"          # storage codec (pipeline.core.tokens.TOKEN_CODECS, or bf16/fp16/fp8_e4m3)
+    precision: str = "fp32"               # compute precision of the model: fp32 | bf16 (bf16 weights/activations)
     device: str = "cpu"                   # torch device of the model actor
     attention: str = "fused"
+    compile: str = "none"                 # torch.compile of the encoder call and recurrent step (none/default/...)
+    encoder_chunk: int | None = None      # frames per encoder call (None: 64 on CUDA, else the batch's videos)
     points: str = "none"                  # per-patch 3D points: "none", "depth" (sensor depth + poses) or "cut3r"
     with_frames: bool = False             # the squashed JPEG frames for the trainer's vision tower
     jpeg_quality: int = 95
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "dtype", token_dtype_name(self.dtype))
+        object.__setattr__(self, "token_dtype", token_dtype_name(self.token_dtype))
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         _ = self.preprocess  # PreprocessConfig validates size, squash size and filter
         if self.with_frames and self.squash_size is None:
             raise ValueError("with_frames stores the squashed frames: squash_size must be set")
@@ -154,14 +163,14 @@ class ExtractOptions:
 
         return PreprocessConfig(size=self.input_size, squash_size=self.squash_size, resample=self.resample)
 
-    @property
-    def precision(self) -> str:
-        """Compute precision of the encoder: bf16 autocast when the tokens are stored as bf16, else float32."""
-        return "bf16" if self.dtype == "bfloat16" else "fp32"
-
 
 def run_identity(model: dict[str, Any], options: ExtractOptions) -> dict[str, Any]:
-    """The fields that must agree between every sample of a tokens folder (compared on resume)."""
+    """The fields that must agree between every sample of a tokens folder (compared on resume): the token codec
+    (``dtype``, ``storage``) is one of them, so a folder never mixes codecs.
+
+    The compute precision is recorded as ``compute_precision`` only when it is not float32: float32 is what shards
+    made before the precision became an option of its own were computed in, and they keep their identity (and
+    their bytes)."""
     patch_size = int(model["model_config"].get("patch_size", 16))
     if options.input_size % patch_size:
         raise ValueError(f"input size {options.input_size} is not a multiple of the patch size {patch_size}")
@@ -174,8 +183,8 @@ def run_identity(model: dict[str, Any], options: ExtractOptions) -> dict[str, An
         "token_width": int(model["model_config"]["dec_embed_dim"]),
         "preprocess": {"squash_size": options.squash_size, "resample": options.resample,
                        "normalize_mean": 0.5, "normalize_std": 0.5, "resize": "bilinear, align_corners=False"},
-        "dtype": options.dtype,
-        "storage": TOKEN_DTYPES[options.dtype][1],
+        "dtype": options.token_dtype,
+        "storage": token_codec(options.token_dtype).storage,
         "with_points": options.with_points,
         "with_frames": options.with_frames,
         "jpeg_quality": options.jpeg_quality if options.with_frames else None,
@@ -183,6 +192,8 @@ def run_identity(model: dict[str, Any], options: ExtractOptions) -> dict[str, An
     }
     if options.with_points:  # only then: a run without points keeps the identity (and meta bytes) it always had
         identity["points_source"] = options.points
+    if options.precision != "fp32":
+        identity["compute_precision"] = options.precision
     return identity
 
 
@@ -308,25 +319,31 @@ def decode_or_error(job: SceneJob, options: ExtractOptions) -> DecodedScene | Sc
 # ---- encoding (the pure core, and the actor around it) -----------------------------------------------------------
 
 def encode_scenes(encoder: TokenEncoder, scenes: Sequence[DecodedScene], options: ExtractOptions,
-                  identity: dict[str, Any]) -> list[TokenSample | SceneError]:
-    """Encode B decoded scenes in one lock-step batch; one validated sample (or error) per scene, in order."""
+                  identity: dict[str, Any], model_lock: Any = None) -> list[TokenSample | SceneError]:
+    """Encode B decoded scenes in one lock-step batch; one validated sample (or error) per scene, in order.
+
+    Only the model call and the copy of its outputs to host memory hold ``model_lock`` (when given): the storage
+    codec and the checks of one batch run while the model computes the next one (see :class:`TokenActor`)."""
     import torch
 
     if not scenes:
         return []
-    out = encoder.encode([torch.from_numpy(s.pixels) for s in scenes], points=options.points == "cut3r")
+    with model_lock if model_lock is not None else contextlib.nullcontext():
+        # The compute dtype goes to the host (half the bytes in bf16); float32 of it is exact below.
+        out = encoder.encode([torch.from_numpy(s.pixels) for s in scenes], points=options.points == "cut3r",
+                             keep_dtype=True).to_host()
     results: list[TokenSample | SceneError] = []
     for b, scene in enumerate(scenes):
         t = scene.num_frames
-        camera = out.camera_tokens[b, :t].float().cpu().numpy()   # [T,1,C]
-        patch = out.patch_tokens[b, :t].float().cpu().numpy()     # [T,N,C]
+        camera = out.camera_tokens[b, :t].float().numpy()   # [T,1,C]
+        patch = out.patch_tokens[b, :t].float().numpy()     # [T,N,C]
         if not (np.isfinite(camera).all() and np.isfinite(patch).all()):
             results.append(SceneError("NonFiniteTokens", f"{scene.job.key}: the model produced non-finite tokens",
                                       scene.job.scene_dir))
             continue
         points = scene.points
         if options.points == "cut3r":
-            head = out.points[b, :t].float().cpu().numpy()                 # [T,N,3], first camera's frame
+            head = out.points[b, :t].float().numpy()                       # [T,N,3], first camera's frame
             if not np.isfinite(head).all():
                 results.append(SceneError("NonFiniteTokens", f"{scene.job.key}: the point head produced non-finite "
                                           "points", scene.job.scene_dir))
@@ -338,12 +355,10 @@ def encode_scenes(encoder: TokenEncoder, scenes: Sequence[DecodedScene], options
                 "num_frames": t, "source_sha256": scene.job.manifest_sha256}
         if options.points == "depth":
             meta["points_frames_without_depth"] = scene.frames_without_depth
-        sample = TokenSample(key=scene.job.key, camera=encode_tokens(camera, options.dtype),
-                             patch=encode_tokens(patch, options.dtype), frames=scene.frames, meta=meta,
-                             points=None if points is None else points.world, jpegs=scene.jpegs,
-                             points_cam0=None if points is None else points.cam0,
-                             points_valid=None if points is None else points.valid)
         try:
+            sample = TokenSample.from_float(
+                scene.job.key, camera, patch, scene.frames, meta, None if points is None else points.world,
+                scene.jpegs, None if points is None else points.cam0, None if points is None else points.valid)
             results.append(validate_sample(sample, where=scene.job.key))
         except Exception as exc:  # noqa: BLE001 - e.g. a model whose token grid differs from the identity
             results.append(SceneError.from_exception(exc))
@@ -351,16 +366,21 @@ def encode_scenes(encoder: TokenEncoder, scenes: Sequence[DecodedScene], options
 
 
 def encode_items(encoder: TokenEncoder, items: Sequence[DecodedScene | SceneError], options: ExtractOptions,
-                 identity: dict[str, Any]) -> list[TokenSample | SceneError]:
+                 identity: dict[str, Any], model_lock: Any = None) -> list[TokenSample | SceneError]:
     """Encode the decoded scenes of a batch together; scenes that failed to decode keep their error."""
     decoded = [item for item in items if isinstance(item, DecodedScene)]
-    encoded = iter(encode_scenes(encoder, decoded, options, identity))
+    encoded = iter(encode_scenes(encoder, decoded, options, identity, model_lock))
     return [next(encoded) if isinstance(item, DecodedScene) else item for item in items]
 
 
 class TokenActor:
     """The model actor: loads the encoder once, then encodes batches of decoded scenes (given as object refs, so
-    the frames go from the decode workers to this actor without passing through the driver)."""
+    the frames go from the decode workers to this actor without passing through the driver).
+
+    With ``Scheduling.actor_concurrency`` = 2 (Ray ``max_concurrency``) it works on two batches at a time around one
+    model lock: while one batch is on the model, the other fetches its frames from the object store, or stores and
+    checks its tokens, so the model is not idle during either. Results are still consumed in submission order, so
+    this changes no byte."""
 
     def __init__(self, encoder_factory: EncoderFactory, options: ExtractOptions, identity: dict[str, Any],
                  torch_threads: int = 1):
@@ -372,13 +392,14 @@ class TokenActor:
         self.options = options
         self.identity = identity
         self.encoder = encoder_factory(options)
+        self.model_lock = threading.Lock()
 
     def encode(self, refs: list) -> list[TokenSample | SceneError]:
         import ray
 
         # Decode tasks never raise for bad data (they return SceneError), so a failure here is infrastructure.
         items = ray.get(list(refs))
-        return encode_items(self.encoder, items, self.options, self.identity)
+        return encode_items(self.encoder, items, self.options, self.identity, self.model_lock)
 
 
 # ---- the scheduler ---------------------------------------------------------------------------------------------
@@ -398,12 +419,13 @@ class Scheduling:
     actors: int = 1
     actor_cpus: int = 1                   # CPUs (= torch threads) per model actor; same value, same bytes
     retries: int = 2                      # Ray retries of decode tasks and restarts of a dead actor
-    queued_batches: int = 1               # batches queued per actor beyond the one it runs (the bounded queue)
+    queued_batches: int = 1               # batches queued per actor beyond those it works on (the bounded queue)
+    actor_concurrency: int = 2            # batches an actor works on at once, one of them on the model
     ray_address: str | None = None
 
     def __post_init__(self) -> None:
         if self.batch_videos < 1 or self.workers < 1 or self.actors < 1 or self.actor_cpus < 1 \
-                or self.queued_batches < 0:
+                or self.queued_batches < 0 or self.actor_concurrency < 1:
             raise ValueError(f"invalid scheduling {asdict(self)}")
 
 
@@ -476,16 +498,17 @@ def _iter_ray(batches, encoder_factory, options, identity, scheduling: Schedulin
     check_cluster(scheduling)
     decode = ray.remote(num_cpus=1, max_retries=scheduling.retries)(decode_or_error)
     actor_cls = ray.remote(num_cpus=scheduling.actor_cpus, num_gpus=scheduling.num_gpus,
-                           max_restarts=scheduling.retries, max_task_retries=scheduling.retries)(TokenActor)
+                           max_restarts=scheduling.retries, max_task_retries=scheduling.retries,
+                           max_concurrency=scheduling.actor_concurrency)(TokenActor)
     actors = [actor_cls.remote(encoder_factory, options, identity, scheduling.actor_cpus)
               for _ in range(scheduling.actors)]
     options_ref = ray.put(options)
     in_flight: deque = deque()
-    # The bounded queue: enough batches queued that every decode worker has a scene, at least queued_batches per
-    # actor; the decode tasks of a batch are submitted with it, so at most max_in_flight * batch_videos scenes
-    # are decoded ahead of the model.
+    # The bounded queue: per actor, the batches it works on (actor_concurrency) plus enough queued that every decode
+    # worker has a scene, at least queued_batches; the decode tasks of a batch are submitted with it, so at most
+    # max_in_flight * batch_videos scenes are decoded ahead of the model.
     ahead = max(scheduling.queued_batches, math.ceil(scheduling.workers / scheduling.batch_videos))
-    max_in_flight = scheduling.actors * (ahead + 1)
+    max_in_flight = scheduling.actors * (ahead + scheduling.actor_concurrency)
     todo = iter(enumerate(batches))
     try:
         while True:

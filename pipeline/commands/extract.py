@@ -47,7 +47,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CPUs (torch threads) per model actor; the same value gives the same bytes")
     parser.add_argument("--workers", type=int, default=2, help="CPU decode workers (local Ray cluster size)")
     parser.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto",
-                        help="token dtype (compute and storage); auto = bf16 on GPU, fp32 on CPU")
+                        help="compute precision of the model (bf16: bf16 weights and activations, float32 heads); "
+                             "auto = bf16 on GPU, fp32 on CPU")
+    parser.add_argument("--token-dtype", choices=("auto", "fp32", "bf16", "fp16", "fp8_e4m3", "int8"), default="auto",
+                        help="storage codec of the tokens: fp32, bf16, fp16 store the computed values (bf16/fp16 "
+                             "round them); fp8_e4m3 and int8 take one byte per value with per-frame, per-channel "
+                             "float32 scales. Part of the shards' identity. auto = the compute precision (--dtype)")
+    parser.add_argument("--compile", choices=("none", "default", "reduce-overhead"), default="none",
+                        help="torch.compile the encoder and the recurrent step (reduce-overhead: with CUDA graphs)")
     parser.add_argument("--with-frames", action="store_true", help="also store the squashed frames as JPEG")
     parser.add_argument("--points", choices=("none", "depth", "cut3r"), default="none",
                         help="also store a 3D point per patch (world and first-camera frames, with validity): from "
@@ -74,9 +81,11 @@ def run(args: argparse.Namespace) -> int:
         model = ModelSpec("checkpoint", path=str(args.checkpoint))
     else:
         model = ModelSpec("weights", path=str(args.weights), config_path=str(args.config))
-    dtype = {"auto": "bf16" if args.num_gpus > 0 else "fp32"}.get(args.dtype, args.dtype)
+    precision = {"auto": "bf16" if args.num_gpus > 0 else "fp32"}.get(args.dtype, args.dtype)
+    token_dtype = precision if args.token_dtype == "auto" else args.token_dtype
     with config_errors("extract"):
-        options = ExtractOptions(input_size=args.size, squash_size=args.squash_size, dtype=dtype,
+        options = ExtractOptions(input_size=args.size, squash_size=args.squash_size, token_dtype=token_dtype,
+                                 precision=precision, compile=args.compile,
                                  device="cuda" if args.num_gpus > 0 else "cpu", points=args.points,
                                  with_frames=args.with_frames)
         scheduling = Scheduling(batch_videos=args.batch_videos, local=args.local, workers=args.workers,

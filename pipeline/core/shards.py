@@ -36,6 +36,7 @@ INDEX_FORMAT = "vlm3r-tokens"
 INDEX_FORMAT_VERSION = 1
 TAR_MTIME = 0  # fixed member mtime (seconds since the epoch): same inputs give byte-identical shards
 _TAR_BLOCK = 512
+_MEMBER_RE = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's key / suffix split: at the first dot
 
 
 class ShardError(InputError):
@@ -49,9 +50,28 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def load_npy(data: bytes, where: str) -> np.ndarray:
+def load_npy(data: bytes | np.ndarray, where: str) -> np.ndarray:
+    """The array of a ``.npy`` payload (no pickle). When the payload is a writable uint8 buffer (what
+    :func:`iter_raw_samples` gives for ``.npy`` members) the array is a view of it, not a copy: a shard's bytes are
+    copied once, from the file into that buffer."""
     try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
+        if not isinstance(data, np.ndarray):
+            return np.load(io.BytesIO(data), allow_pickle=False)
+        raw = data.reshape(-1).view(np.uint8)
+        version = int(raw[6]) if raw.size > 6 else 0
+        length_bytes = 2 if version == 1 else 4
+        header_end = 8 + length_bytes + int.from_bytes(raw[8:8 + length_bytes].tobytes(), "little")
+        header = io.BytesIO(raw[:header_end].tobytes())
+        major, _ = np.lib.format.read_magic(header)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(header)
+        if dtype.hasobject:
+            raise ValueError("object arrays are not allowed")
+        count = int(np.prod(shape, dtype=np.int64))
+        if header_end + count * dtype.itemsize != raw.size:
+            raise ValueError(f"{raw.size - header_end} payload bytes for {count} values of {dtype}")
+        array = raw[header_end:].view(dtype) if count else np.empty(0, dtype)
+        return array.reshape(shape, order="F" if fortran_order else "C")
     except (ValueError, OSError, EOFError) as exc:
         raise ShardError(where, f"not a readable .npy array ({exc})") from None
 
@@ -356,14 +376,89 @@ def checked_shards(shards_dir: str | os.PathLike, *, verify_sha256: bool = True,
         yield path, list(entry["keys"])
 
 
-def iter_raw_samples(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, member suffix -> bytes) of every sample of one shard, read with webdataset (keys split at the first dot,
-    no decoding). A truncated or garbled tar raises ShardError naming the file."""
-    import webdataset as wds
+def iter_raw_samples(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, bytes | np.ndarray]]]:
+    """(key, member suffix -> payload) of every sample of one shard, grouped as webdataset groups them (key = the
+    member name up to its first dot, consecutive members of one key form a sample), without decoding. A truncated or
+    garbled tar raises ShardError naming the file.
 
+    The shards this project writes (plain USTAR headers, regular files) are read by a parser of their 512-byte
+    headers that reads each payload once: a ``.npy`` member straight into its own writable uint8 numpy buffer (its
+    array then loads without a copy, see :func:`load_npy`), the others as bytes. A tar with other member types (pax
+    or GNU extensions, directories, links: another tool's) is read with webdataset, every payload as bytes."""
     path = Path(path)
     if not path.is_file():
         raise ShardError(path, "shard file not found")
+    with open(path, "rb", buffering=0) as fh:
+        members = _plain_members(fh, path)
+        if members is not None:
+            yield from _group_samples(_read_members(fh, path, members), path)
+            return
+    yield from _iter_wds_samples(path)
+
+
+def _plain_members(fh, path: Path) -> list[tuple[str, int, int]] | None:
+    """(name, payload offset, size) of every member, from the headers alone; None when a member is not a regular
+    file under a plain USTAR header."""
+    size = os.fstat(fh.fileno()).st_size
+    members, offset = [], 0
+    while offset + _TAR_BLOCK <= size:
+        fh.seek(offset)
+        block = fh.read(_TAR_BLOCK)
+        if block.count(0) == _TAR_BLOCK:  # end-of-archive marker
+            return members
+        try:
+            info = tarfile.TarInfo.frombuf(block, tarfile.ENCODING, "surrogateescape")
+        except tarfile.HeaderError as exc:
+            raise ShardError(path, f"not a readable shard (tar header at byte {offset}: {exc})") from None
+        if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
+            return None
+        if offset + _TAR_BLOCK + info.size > size:
+            raise ShardError(path, f"not a readable shard (member {info.name} is truncated)")
+        members.append((info.name, offset + _TAR_BLOCK, info.size))
+        offset += _TAR_BLOCK + _padded(info.size)
+    if offset != size:
+        raise ShardError(path, f"not a readable shard ({size - offset} bytes at its end are not a tar block)")
+    return members
+
+
+def _read_members(fh, path: Path, members: list[tuple[str, int, int]]
+                  ) -> Iterator[tuple[str, bytes | np.ndarray]]:
+    for name, offset, size in members:
+        fh.seek(offset)
+        # .npy payloads go into uninitialised writable numpy buffers (no zero-fill pass, and their arrays are views);
+        # the other members (JSON, JPEG) are small and read as bytes.
+        data = np.empty(size, np.uint8) if name.endswith(".npy") else bytearray(size)
+        view, done = memoryview(data).cast("B"), 0
+        while done < size:
+            n = fh.readinto(view[done:])
+            if not n:
+                raise ShardError(path, f"not a readable shard (member {name} is truncated)")
+            done += n
+        yield name, data if isinstance(data, np.ndarray) else bytes(data)
+
+
+def _group_samples(members: Iterable[tuple[str, bytes | np.ndarray]], path: Path
+                   ) -> Iterator[tuple[str, dict[str, bytes | np.ndarray]]]:
+    key, sample = None, {}
+    for name, data in members:
+        match = _MEMBER_RE.match(name)
+        if match is None:
+            raise ShardError(path, f"member {name!r} has no key.suffix name")
+        member_key, suffix = match.group(1), match.group(2).lower()
+        if member_key != key:
+            if sample:
+                yield key, sample
+            key, sample = member_key, {}
+        if suffix in sample:
+            raise ShardError(path, f"sample {key!r} has two {suffix!r} members")
+        sample[suffix] = data
+    if sample:
+        yield key, sample
+
+
+def _iter_wds_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    import webdataset as wds
+
     dataset = wds.WebDataset(str(path), shardshuffle=False, empty_check=False, nodesplitter=None,
                              workersplitter=None)
     try:

@@ -1,8 +1,9 @@
-"""The geometry-token sample format, declared once: members, dtypes, validation, writer and reader.
+"""The geometry-token sample format, declared once: members, codecs, validation, writer and reader.
 
 ```
 ROOT/tokens/shard-000000.tar        samples, each <key>.meta.json, .frames.json, .camera.npy, .patch.npy
-                                    [, .points.npy, .points_cam0.npy, .points_valid.npy] [, .frame_000.jpg ...]
+                                    [, .camera_scale.npy, .patch_scale.npy] [, .points.npy, .points_cam0.npy,
+                                    .points_valid.npy] [, .frame_000.jpg ...]
                                     (key = scene_key(dataset, scene_id))
 ROOT/tokens/_done/shard-000000.json done-marker of a complete shard (pipeline.core.shards)
 ROOT/tokens/index.json              every complete shard (file, keys, size, sha256), rebuilt from the markers
@@ -10,51 +11,90 @@ ROOT/tokens/index.json              every complete shard (file, keys, size, sha2
 
 Members of a sample:
 
-- ``camera.npy`` [T, 1, C] and ``patch.npy`` [T, N, C]: tokens in the dtype named by ``meta["dtype"]``. bfloat16 has
-  no numpy dtype, so it is stored losslessly as its uint16 bit patterns (``meta["storage"] == "uint16_bits"``);
-  float16 and float32 are stored as themselves.
+- ``camera.npy`` [T, 1, C] and ``patch.npy`` [T, N, C]: tokens stored with the codec named by ``meta["dtype"]``
+  (:data:`TOKEN_CODECS`; ``meta["storage"]`` names how the bits are laid out):
+
+  * ``float32``, ``float16``: the values themselves (``"native"``); ``bfloat16``: its uint16 bit patterns
+    (``"uint16_bits"``, numpy has no bfloat16). All three decode to float32 exactly.
+  * ``float8_e4m3`` (``"e4m3_bits_scaled"``, uint8 bit patterns of OCP FP8 E4M3, the ``float8_e4m3fn`` of torch and
+    CUDA) and ``int8`` (``"int8_scaled"``): lossy, one byte per value, with float32 scales.
+- ``camera_scale.npy`` and ``patch_scale.npy`` [T, 1, C] float32, for the scaled codecs only: per frame and channel,
+  the largest magnitude over the frame's tokens divided by the codec's largest code (448 or 127), so each frame's
+  channel uses the codec's whole range. A token decodes to ``code * scale`` (float32).
 - ``frames.json``: the frame manifest rows (rank, frame_index, timestamp, camera_to_world, valid), T of them.
-- ``meta.json``: model id, checkpoint sha256, model config, preprocessing / input size, dtype, code version.
+- ``meta.json``: model id, checkpoint sha256, model config, preprocessing / input size, dtype (the codec), code
+  version.
 - ``points.npy`` [T, N, 3] float32, ``points_cam0.npy`` [T, N, 3] float32, ``points_valid.npy`` [T, N] bool
   (optional, all three or none; ``meta["with_points"]``): one 3D point per patch in the scene's z-up world and in the
   first manifest frame's camera frame, and where it is valid (invalid entries are 0); ``meta["points_source"]`` says
   where they come from: "depth" (sensor depth and poses) or "cut3r" (the model's point head). See
   :mod:`pipeline.core.patch_points`.
 - ``frame_000.jpg`` ... (optional): the 384x384 RGB frames the trainer's vision tower reads.
+
+Readers never see the codec: :meth:`TokenSample.camera_tokens` / :meth:`TokenSample.patch_tokens` and
+:func:`decode_tokens` return float32 whatever it is.
 """
 from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from pipeline.core.atomic import dumps_json
+from pipeline.core.atomic import atomic_open, dumps_json
 from pipeline.core.patch_points import POINTS_SOURCES
-from pipeline.core.shards import ShardError, ShardWriter, checked_shards, iter_raw_samples, load_npy, npy_bytes
+from pipeline.core.shards import (ShardError, ShardWriter, checked_shards, iter_raw_samples, load_npy, npy_bytes,
+                                  read_index)
 
-# Token dtypes: name recorded in meta.json -> (numpy dtype of the stored array, storage tag).
-TOKEN_DTYPES: dict[str, tuple[np.dtype, str]] = {
-    "bfloat16": (np.dtype(np.uint16), "uint16_bits"),
-    "float16": (np.dtype(np.float16), "native"),
-    "float32": (np.dtype(np.float32), "native"),
-}
-_DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+# ---- token codecs ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TokenCodec:
+    """How token values are stored: the numpy dtype of the stored array, the storage tag recorded in meta.json, and
+    for the one-byte codecs the largest code magnitude that a channel's largest value is scaled to."""
+
+    name: str
+    stored: np.dtype
+    storage: str
+    max_code: float | None = None       # None: lossless, no scales
+
+    @property
+    def scaled(self) -> bool:
+        return self.max_code is not None
+
+
+E4M3_MAX = 448.0                        # largest finite float8_e4m3fn value (exponent 15, mantissa 6)
+INT8_MAX = 127.0                        # symmetric: -128 is never used
+
+TOKEN_CODECS: dict[str, TokenCodec] = {codec.name: codec for codec in (
+    TokenCodec("float32", np.dtype(np.float32), "native"),
+    TokenCodec("bfloat16", np.dtype(np.uint16), "uint16_bits"),
+    TokenCodec("float16", np.dtype(np.float16), "native"),
+    TokenCodec("float8_e4m3", np.dtype(np.uint8), "e4m3_bits_scaled", E4M3_MAX),
+    TokenCodec("int8", np.dtype(np.int8), "int8_scaled", INT8_MAX),
+)}
+_DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "fp8_e4m3": "float8_e4m3"}
 
 REQUIRED_META = ("key", "dataset", "scene_id", "model_id", "checkpoint_sha256", "dtype", "storage", "num_frames",
                  "num_patches", "token_width", "input_size", "with_points", "with_frames", "code_version")
 
 
-# ---- token dtypes ------------------------------------------------------------------------------------------------
-
 def token_dtype_name(dtype: str) -> str:
-    """Canonical dtype name ("bfloat16", "float16", "float32") from it or its short form (bf16, fp16, fp32)."""
+    """Canonical codec name (a key of :data:`TOKEN_CODECS`) from it or its short form (bf16, fp16, fp32, fp8_e4m3)."""
     name = _DTYPE_ALIASES.get(dtype, dtype)
-    if name not in TOKEN_DTYPES:
-        raise ValueError(f"unknown token dtype {dtype!r} (expected one of {sorted(TOKEN_DTYPES)} or bf16/fp16/fp32)")
+    if name not in TOKEN_CODECS:
+        raise ValueError(f"unknown token dtype {dtype!r} (expected one of {sorted(TOKEN_CODECS)} or "
+                         f"{'/'.join(_DTYPE_ALIASES)})")
     return name
+
+
+def token_codec(dtype: str) -> TokenCodec:
+    return TOKEN_CODECS[token_dtype_name(dtype)]
 
 
 def float32_to_bf16_bits(values: np.ndarray) -> np.ndarray:
@@ -71,31 +111,144 @@ def float32_to_bf16_bits(values: np.ndarray) -> np.ndarray:
 
 def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
     """bfloat16 bit patterns (uint16) -> float32 (exact: bf16 is the upper half of a float32)."""
-    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+    bits = np.asarray(bits, dtype=np.uint16)
+    out = np.empty(bits.shape, dtype=np.uint32)
+    np.left_shift(bits, 16, out=out, dtype=np.uint32)  # one pass: widened and shifted in the same loop
+    return out.view(np.float32)
+
+
+def float32_to_e4m3_bits(values: np.ndarray) -> np.ndarray:
+    """float32 -> float8 E4M3 (``float8_e4m3fn``) bit patterns (uint8): round to nearest even, saturating at +-448.
+
+    Equal, bit for bit, to torch's ``.to(torch.float8_e4m3fn)`` (torch 2.13 on CPU), which also saturates; an
+    out-of-range value never becomes the NaN pattern. NaN itself is refused (tokens are checked finite before they
+    are stored).
+    """
+    shape = np.shape(values)
+    x = np.asarray(values, dtype=np.float32, order="C").reshape(-1)
+    if np.isnan(x).any():
+        raise ValueError("float8 e4m3 encoding of NaN values")
+    magnitude = np.abs(x)
+    bits = magnitude.view(np.uint32)
+    # Normal range (>= 2**-6): keep 3 of float32's 23 mantissa bits, rounding half to even on the 20 dropped ones (a
+    # carry moves into the exponent, as it should): code = (float32 exponent << 3 | 3 mantissa bits) rebiased from
+    # 127 to 7, i.e. minus 120 << 3. Past 448 it is clamped to 0x7E (0x7F would be NaN). In place, few passes.
+    codes32 = bits >> 20
+    codes32 &= 1
+    codes32 += 0x7FFFF
+    codes32 += bits
+    codes32 >>= 20
+    np.minimum(codes32, (120 << 3) + 0x7E, out=codes32)
+    codes32 -= 120 << 3  # wraps below the normal range: those codes are replaced just below
+    codes = codes32.astype(np.uint8)
+    # Zero and the subnormals (< 2**-6, few in practice): multiples of 2**-9, so the code is the value in those units
+    # (0..8, where 8 is the smallest normal number); the scaling is exact.
+    small = np.flatnonzero(magnitude < np.float32(2.0 ** -6))
+    if small.size:
+        codes[small] = np.rint(magnitude[small] * np.float32(2.0 ** 9)).astype(np.uint8)
+    codes |= (x.view(np.uint32) >> 24).astype(np.uint8) & np.uint8(0x80)  # the sign bit
+    return codes.reshape(shape)
+
+
+def _e4m3_table() -> np.ndarray:
+    bits = np.arange(256, dtype=np.int64)
+    exponent, mantissa = (bits >> 3) & 0xF, bits & 0x7
+    magnitude = np.where(exponent == 0, mantissa * 2.0 ** -9, (1 + mantissa / 8) * 2.0 ** (exponent - 7))
+    magnitude[(exponent == 0xF) & (mantissa == 0x7)] = np.nan
+    return np.where(bits >> 7, -magnitude, magnitude).astype(np.float32)
+
+
+E4M3_VALUES = _e4m3_table()              # bit pattern -> float32 value (exact)
+# Two codes at a time: uint16 index lo + 256 * hi (little-endian pairs of bytes) -> the two float32 values, as one
+# uint64: half the lookups of E4M3_VALUES, from a 512 KiB table that stays in cache.
+_E4M3_PAIRS = np.ascontiguousarray(np.stack(np.meshgrid(E4M3_VALUES, E4M3_VALUES), axis=-1)).view(np.uint64).ravel()
+
+
+def e4m3_bits_to_float32(bits: np.ndarray) -> np.ndarray:
+    """float8 E4M3 bit patterns (uint8) -> float32 (exact)."""
+    bits = np.ascontiguousarray(bits, dtype=np.uint8)
+    if bits.size % 2 or sys.byteorder != "little":
+        return np.take(E4M3_VALUES, bits)
+    return np.take(_E4M3_PAIRS, bits.reshape(-1).view(np.uint16)).view(np.float32).reshape(bits.shape)
+
+
+def channel_scales(values: np.ndarray, max_code: float) -> np.ndarray:
+    """[T, K, C] tokens -> [T, 1, C] float32 scales: each frame's and channel's largest magnitude / ``max_code``.
+    A channel that is zero in a frame gets scale 1 (its codes are 0 whatever the scale)."""
+    peak = np.abs(np.asarray(values, dtype=np.float32)).max(axis=1, keepdims=True)
+    scale = peak / np.float32(max_code)
+    return np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
+
+
+def quantize_tokens(values: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """float tokens [T, K, C] -> (codes, scales [T, 1, C] float32) of a scaled codec (float8_e4m3 or int8)."""
+    codec = token_codec(dtype)
+    if not codec.scaled:
+        raise ValueError(f"{codec.name} is not a scaled codec (use encode_tokens)")
+    x = np.asarray(values, dtype=np.float32)
+    if x.ndim != 3:
+        raise ValueError(f"expected tokens [T, K, C], got shape {list(x.shape)}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{codec.name} encoding of non-finite token values")
+    scale = channel_scales(x, codec.max_code)
+    scaled = x / scale  # float32 division, correctly rounded: the same codes on every machine
+    if codec.name == "int8":
+        codes = np.clip(np.rint(scaled), -INT8_MAX, INT8_MAX).astype(np.int8)
+    else:
+        codes = float32_to_e4m3_bits(scaled)
+    return codes, scale
+
+
+def dequantize_tokens(codes: np.ndarray, scale: np.ndarray, dtype: str) -> np.ndarray:
+    """(codes, scales) of a scaled codec -> float32 tokens ``code * scale``."""
+    codec = token_codec(dtype)
+    scale = np.asarray(scale, dtype=np.float32)
+    if codec.name == "float8_e4m3":
+        values = e4m3_bits_to_float32(codes)
+        return np.multiply(values, scale, out=values)
+    # int8 -> float32 and the product in one pass
+    return np.multiply(codes, scale, out=np.empty(np.shape(codes), np.float32), dtype=np.float32)
 
 
 def encode_tokens(values: np.ndarray, dtype: str) -> np.ndarray:
-    """float tokens -> the stored array for ``dtype`` (uint16 bit patterns for bfloat16)."""
-    name = token_dtype_name(dtype)
-    if name == "bfloat16":
+    """float tokens -> the stored array of a lossless codec (uint16 bit patterns for bfloat16)."""
+    codec = token_codec(dtype)
+    if codec.scaled:
+        raise ValueError(f"{codec.name} stores scales next to the codes: use store_tokens or quantize_tokens")
+    if codec.name == "bfloat16":
         return float32_to_bf16_bits(values)
-    return np.ascontiguousarray(values, dtype=TOKEN_DTYPES[name][0])
+    return np.ascontiguousarray(values, dtype=codec.stored)
 
 
-def decode_tokens(stored: np.ndarray, dtype: str) -> np.ndarray:
-    """The stored array of ``dtype`` -> float32 (exact for every supported dtype)."""
-    name = token_dtype_name(dtype)
-    if name == "bfloat16":
+def store_tokens(values: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """float tokens [T, K, C] -> (stored array, scales [T, 1, C] or None) for any codec."""
+    if token_codec(dtype).scaled:
+        return quantize_tokens(values, dtype)
+    return encode_tokens(values, dtype), None
+
+
+def decode_tokens(stored: np.ndarray, dtype: str, scale: np.ndarray | None = None) -> np.ndarray:
+    """The stored array of a codec -> float32 (exact for the lossless codecs; ``code * scale`` for the scaled ones,
+    which need ``scale``)."""
+    codec = token_codec(dtype)
+    if codec.scaled:
+        if scale is None:
+            raise ValueError(f"{codec.name} tokens need their scales to be decoded")
+        return dequantize_tokens(stored, scale, codec.name)
+    if codec.name == "bfloat16":
         return bf16_bits_to_float32(stored)
     return np.asarray(stored, dtype=np.float32)
 
 
 def tokens_as_torch(stored: np.ndarray, dtype: str):
-    """The stored array as a torch tensor of its real dtype (bf16 bit patterns are reinterpreted, not converted)."""
+    """The stored array of a lossless codec as a torch tensor of its real dtype (bf16 bit patterns are reinterpreted,
+    not converted)."""
     import torch
 
-    name = token_dtype_name(dtype)
-    if name == "bfloat16":
+    codec = token_codec(dtype)
+    if codec.scaled:
+        raise ValueError(f"{codec.name} tokens have no torch dtype of their own: decode them with their scales")
+    if codec.name == "bfloat16":
         return torch.from_numpy(np.ascontiguousarray(stored, np.uint16).view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(np.ascontiguousarray(stored))
 
@@ -115,18 +268,40 @@ class TokenSample:
     jpegs: list[bytes] | None = None      # T JPEG files, 384x384 RGB
     points_cam0: np.ndarray | None = None  # [T, N, 3] float32, first manifest frame's camera frame
     points_valid: np.ndarray | None = None  # [T, N] bool
+    camera_scale: np.ndarray | None = None  # [T, 1, C] float32, scaled codecs only
+    patch_scale: np.ndarray | None = None   # [T, 1, C] float32, scaled codecs only
+
+    @classmethod
+    def from_float(cls, key: str, camera: np.ndarray, patch: np.ndarray, frames: list[dict[str, Any]],
+                   meta: dict[str, Any], points: np.ndarray | None = None,
+                   jpegs: list[bytes] | None = None, points_cam0: np.ndarray | None = None,
+                   points_valid: np.ndarray | None = None) -> "TokenSample":
+        """A sample from float tokens, stored with the codec named by ``meta["dtype"]``."""
+        camera_stored, camera_scale = store_tokens(camera, meta["dtype"])
+        patch_stored, patch_scale = store_tokens(patch, meta["dtype"])
+        return cls(key, camera_stored, patch_stored, frames, meta, points, jpegs, points_cam0, points_valid,
+                   camera_scale, patch_scale)
 
     @property
     def num_frames(self) -> int:
         return int(self.camera.shape[0])
 
     def camera_tokens(self) -> np.ndarray:
-        """[T, 1, C] float32."""
-        return decode_tokens(self.camera, self.meta["dtype"])
+        """[T, 1, C] float32, whatever the codec."""
+        return decode_tokens(self.camera, self.meta["dtype"], self.camera_scale)
 
     def patch_tokens(self) -> np.ndarray:
-        """[T, N, C] float32."""
-        return decode_tokens(self.patch, self.meta["dtype"])
+        """[T, N, C] float32, whatever the codec."""
+        return decode_tokens(self.patch, self.meta["dtype"], self.patch_scale)
+
+    def token_members(self) -> list[tuple[str, np.ndarray]]:
+        """(member suffix, array) of the stored tokens and, for a scaled codec, their scales."""
+        members = [("camera.npy", self.camera), ("patch.npy", self.patch)]
+        if self.camera_scale is not None:
+            members.append(("camera_scale.npy", self.camera_scale))
+        if self.patch_scale is not None:
+            members.append(("patch_scale.npy", self.patch_scale))
+        return members
 
     def images(self) -> list[np.ndarray]:
         """The stored JPEG frames decoded to RGB uint8 [H, W, 3]."""
@@ -145,8 +320,7 @@ def sample_members(sample: TokenSample) -> list[tuple[str, bytes]]:
     members = [
         (f"{sample.key}.meta.json", dumps_json(sample.meta).encode("utf-8")),
         (f"{sample.key}.frames.json", dumps_json(sample.frames).encode("utf-8")),
-        (f"{sample.key}.camera.npy", npy_bytes(sample.camera)),
-        (f"{sample.key}.patch.npy", npy_bytes(sample.patch)),
+        *[(f"{sample.key}.{suffix}", npy_bytes(array)) for suffix, array in sample.token_members()],
     ]
     if sample.points is not None:
         members += [(f"{sample.key}.points.npy", npy_bytes(sample.points)),
@@ -173,12 +347,12 @@ def validate_sample(sample: TokenSample, where: str, expect: Mapping[str, Any] |
         if meta.get(name) != value:
             raise ShardError(where, f"meta.json {name} is {meta.get(name)!r}, expected {value!r}")
     try:
-        dtype = token_dtype_name(meta["dtype"])
+        codec = token_codec(meta["dtype"])
     except ValueError as exc:
         raise ShardError(where, str(exc)) from None
-    stored_dtype, storage = TOKEN_DTYPES[dtype]
-    if meta["storage"] != storage:
-        raise ShardError(where, f"dtype {dtype} must be stored as {storage!r}, meta says {meta['storage']!r}")
+    dtype, stored_dtype = codec.name, codec.stored
+    if meta["storage"] != codec.storage:
+        raise ShardError(where, f"dtype {dtype} must be stored as {codec.storage!r}, meta says {meta['storage']!r}")
     t, n, c = int(meta["num_frames"]), int(meta["num_patches"]), int(meta["token_width"])
     config = meta.get("model_config")
     if isinstance(config, dict) and "patch_size" in config and "dec_embed_dim" in config:
@@ -194,6 +368,17 @@ def validate_sample(sample: TokenSample, where: str, expect: Mapping[str, Any] |
         if tuple(array.shape) != shape:
             raise ShardError(where, f"{name}.npy has shape {list(array.shape)}, expected {list(shape)} "
                                     f"(num_frames {t}, num_patches {n}, token_width {c})")
+    for name, scale in (("camera_scale", sample.camera_scale), ("patch_scale", sample.patch_scale)):
+        if not codec.scaled:
+            if scale is not None:
+                raise ShardError(where, f"{name}.npy is present but dtype {dtype} has no scales")
+            continue
+        if scale is None:
+            raise ShardError(where, f"{name}.npy is missing: dtype {dtype} stores per-channel scales")
+        if scale.dtype != np.float32 or tuple(scale.shape) != (t, 1, c):
+            raise ShardError(where, f"{name}.npy is {scale.dtype} {list(scale.shape)}, expected float32 {[t, 1, c]}")
+        if not (np.isfinite(scale).all() and (scale > 0).all()):
+            raise ShardError(where, f"{name}.npy holds scales that are not finite and positive")
     if len(sample.frames) != t:
         raise ShardError(where, f"frames.json has {len(sample.frames)} frames, tokens have {t}")
     ranks = [row.get("rank") for row in sample.frames]
@@ -205,7 +390,6 @@ def validate_sample(sample: TokenSample, where: str, expect: Mapping[str, Any] |
         raise ShardError(where, f"meta with_frames={meta['with_frames']} with {t} frames, but the sample has "
                                 f"{n_jpegs} JPEG frames")
     return sample
-
 
 
 def _validate_points(sample: TokenSample, where: str, t: int, n: int) -> None:
@@ -240,7 +424,8 @@ def write_sample(writer: ShardWriter, sample: TokenSample) -> None:
 
 # ---- reading -----------------------------------------------------------------------------------------------------
 
-_NPY_MEMBERS = ("camera.npy", "patch.npy", "points.npy", "points_cam0.npy", "points_valid.npy")
+_NPY_MEMBERS = ("camera.npy", "patch.npy", "camera_scale.npy", "patch_scale.npy", "points.npy", "points_cam0.npy",
+                "points_valid.npy")
 
 
 def _load_json(data: bytes, where: str) -> Any:
@@ -248,10 +433,6 @@ def _load_json(data: bytes, where: str) -> Any:
         return json.loads(data)
     except ValueError as exc:
         raise ShardError(where, f"not valid JSON ({exc})") from None
-
-
-def _optional_npy(members: Mapping[str, bytes], name: str, where: str) -> np.ndarray | None:
-    return load_npy(members[name], f"{where}.{name}") if name in members else None
 
 
 def sample_from_members(key: str, members: Mapping[str, bytes], where: str,
@@ -275,14 +456,13 @@ def sample_from_members(key: str, members: Mapping[str, bytes], where: str,
         if set(frame_names) != set(expected_names):
             raise ShardError(f"{where}:{key}", f"JPEG frames are not numbered 0..{len(frame_names) - 1}")
         jpegs = [members[name] for name in expected_names]
+    arrays = {name: load_npy(members[name], f"{where}:{key}.{name}") if name in members else None
+              for name in _NPY_MEMBERS}
     sample = TokenSample(
-        key=key,
-        camera=load_npy(members["camera.npy"], f"{where}:{key}.camera.npy"),
-        patch=load_npy(members["patch.npy"], f"{where}:{key}.patch.npy"),
-        frames=frames, meta=meta,
-        points=_optional_npy(members, "points.npy", f"{where}:{key}"), jpegs=jpegs,
-        points_cam0=_optional_npy(members, "points_cam0.npy", f"{where}:{key}"),
-        points_valid=_optional_npy(members, "points_valid.npy", f"{where}:{key}"))
+        key=key, camera=arrays["camera.npy"], patch=arrays["patch.npy"], frames=frames, meta=meta,
+        points=arrays["points.npy"], jpegs=jpegs, points_cam0=arrays["points_cam0.npy"],
+        points_valid=arrays["points_valid.npy"], camera_scale=arrays["camera_scale.npy"],
+        patch_scale=arrays["patch_scale.npy"])
     return validate_sample(sample, f"{where}:{key}", expect)
 
 
@@ -294,7 +474,8 @@ def sample_from_wds(raw: Mapping[str, Any], expect: Mapping[str, Any] | None = N
 
 
 def read_shard(path: str | os.PathLike, expect: Mapping[str, Any] | None = None) -> Iterator[TokenSample]:
-    """Validated samples of one shard file, read with webdataset (keys split at the first dot, no decoding)."""
+    """Validated samples of one shard file (:func:`pipeline.core.shards.iter_raw_samples`: members grouped as
+    webdataset groups them, each payload read once)."""
     for key, members in iter_raw_samples(path):
         yield sample_from_members(key, members, str(path), expect)
 
@@ -314,3 +495,42 @@ def iter_samples(tokens_dir: str | os.PathLike, *, expect: Mapping[str, Any] | N
             yield sample
         if keys != listed:
             raise ShardError(path, f"holds samples {keys}, index.json lists {listed}")
+
+
+def find_sample(tokens_dir: str | os.PathLike, key: str, *, verify_sha256: bool = True) -> TokenSample:
+    """The sample ``key`` of a token shard set, found through ``index.json`` (only its shard is read).
+
+    Raises :class:`ShardError` naming the index when the key is not listed (or the index is missing), and like
+    :func:`iter_samples` when its shard does not match the index."""
+    tokens_dir = Path(tokens_dir)
+    index = read_index(tokens_dir)
+    holder = next((entry["file"] for entry in index["shards"] if key in entry["keys"]), None)
+    if holder is None:
+        listed = [k for entry in index["shards"] for k in entry["keys"]]
+        hint = f"; it lists e.g. {listed[:3]}" if listed else "; it lists no sample"
+        raise ShardError(tokens_dir / "index.json", f"no sample with key {key!r} ({len(listed)} samples{hint})")
+    [(path, _)] = list(checked_shards(tokens_dir, verify_sha256=verify_sha256, shards=[holder]))
+    for sample in read_shard(path):
+        if sample.key == key:
+            return sample
+    raise ShardError(path, f"index.json lists key {key!r} in this shard, but the shard does not hold it")
+
+
+def decoded_arrays(sample: TokenSample) -> dict[str, np.ndarray]:
+    """A sample's tokens as float32 arrays, ``camera`` [T, 1, C] and ``patch`` [T, N, C], and its points when it has
+    them: ``points`` and ``points_cam0`` [T, N, 3] float32 (world and first-camera frames), ``points_valid`` [T, N]
+    bool."""
+    arrays = {"camera": sample.camera_tokens(), "patch": sample.patch_tokens()}
+    if sample.points is not None:
+        arrays["points"] = np.asarray(sample.points, dtype=np.float32)
+        arrays["points_cam0"] = np.asarray(sample.points_cam0, dtype=np.float32)
+        arrays["points_valid"] = np.asarray(sample.points_valid, dtype=bool)
+    return arrays
+
+
+def write_decoded_npz(sample: TokenSample, out: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Write :func:`decoded_arrays` of ``sample`` to ``out`` (an ``.npz``, atomically); returns the arrays."""
+    arrays = decoded_arrays(sample)
+    with atomic_open(out, "wb") as fh:
+        np.savez(fh, **arrays)
+    return arrays

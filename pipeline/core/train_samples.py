@@ -9,8 +9,9 @@ ROOT/train_shards/index.json            every complete shard (file, keys, size, 
 ROOT/train_shards/qa_counts.json        questions per shard and key (the trainer sizes its epochs with it)
 ```
 
-- ``meta.json``, ``frames.json``, ``camera.npy``, ``patch.npy``: the token sample's (:mod:`pipeline.core.tokens`),
-  meta extended with ``train`` (code version, question count, visual input, vision model).
+- ``meta.json``, ``frames.json``, ``camera.npy``, ``patch.npy`` (and ``camera_scale.npy``, ``patch_scale.npy`` for
+  the scaled token codecs): the token sample's (:mod:`pipeline.core.tokens`), meta extended with ``train`` (code
+  version, question count, visual input, vision model).
 - ``video.json``: ``{"duration_s", "frame_times_s"}`` from the scene's frame timestamps (seconds from its first
   frame; the duration counts N frame periods for N frames, as LLaVA-Video's ``total_frames / fps``), both ``null``
   when the source has no finite timestamps (the time instruction is then left out).
@@ -82,8 +83,7 @@ def pack_members(sample: TokenSample, records: list[dict[str, Any]], timing: Map
     key = sample.key
     members = [(f"{key}.meta.json", dumps_json(meta).encode()),
                (f"{key}.frames.json", dumps_json(sample.frames).encode()),
-               (f"{key}.camera.npy", npy_bytes(sample.camera)),
-               (f"{key}.patch.npy", npy_bytes(sample.patch)),
+               *[(f"{key}.{suffix}", npy_bytes(array)) for suffix, array in sample.token_members()],
                (f"{key}.video.json", dumps_json(dict(timing)).encode()),
                (f"{key}.qa.json", dumps_json(records).encode())]
     if sample.points is not None:
@@ -175,6 +175,7 @@ class SceneSample:
 
 
 def iter_scene_samples(path: str) -> Iterator[SceneSample]:
-    """Scene samples of one training shard, read with webdataset (keys split at the first dot, no decoding)."""
+    """Scene samples of one training shard (:func:`pipeline.core.shards.iter_raw_samples`: members grouped as
+    webdataset groups them, no decoding)."""
     for key, members in iter_raw_samples(path):
         yield SceneSample.from_members(key, members, path)

@@ -193,3 +193,84 @@ def test_config_parsing_is_literal_only():
     with pytest.raises(Cut3rConfigError, match="pos_embed"):
         Cut3rConfig.from_model_string("ARCroco3DStereo(ARCroco3DStereoConfig(output_mode='pts3d+pose', "
                                       "pose_head=True, pos_embed='cosine'))")
+
+
+# bf16 (bf16 weights and activations, float32 heads / RoPE / norm statistics) against the official float32 outputs of
+# the golden fixture. Measured: tokens max abs err 0.034 (values up to 2.8), min cosine per token 0.99990; camera
+# pose 0.017, points 0.0017.
+BF16_TOKEN_TOL = 0.06
+BF16_TOKEN_MIN_COSINE = 0.9995
+BF16_HEAD_TOL = {"camera_pose": 0.05, "pts3d_in_other_view": 0.01, "pts3d_in_self_view": 0.01}
+
+
+@pytest.mark.parametrize("suffix", ["", "_32x48"])
+def test_bf16_model_against_the_float32_golden_outputs(tiny_dir, suffix):
+    from workers.cut3r import load_model
+
+    model = load_model(tiny_dir / "model.safetensors", tiny_dir / "config.json").set_precision("bf16")
+    assert model.compute_dtype == torch.bfloat16 and model.patch_embed.proj.weight.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in model.downstream_head.parameters())
+    inputs = np.load(tiny_dir / f"inputs{suffix}.npz")
+    ref = np.load(tiny_dir / f"outputs{suffix}.npz")
+    out = run_fixture(model, inputs, debug=False)
+    for name, tensor in (("camera_token", out.camera_token), ("patch_tokens", out.patch_tokens)):
+        assert tensor.dtype == torch.bfloat16
+        ours = tensor.transpose(0, 1).float().numpy()
+        err = float(np.abs(ours - ref[name]).max())
+        cosine = (ours * ref[name]).sum(-1) / np.linalg.norm(ours, axis=-1) / np.linalg.norm(ref[name], axis=-1)
+        assert err <= BF16_TOKEN_TOL, f"{name}: max abs err {err:.3g}"
+        assert cosine.min() >= BF16_TOKEN_MIN_COSINE, f"{name}: min cosine {cosine.min():.6f}"
+        assert err > 1e-4, "bf16 should differ from float32 (is the model really bf16?)"
+    for name, tol in BF16_HEAD_TOL.items():
+        head = out.heads[name]
+        assert head.dtype == torch.float32
+        err = float(np.abs(head.transpose(0, 1).numpy() - ref[name]).max())
+        assert err <= tol, f"{name}: max abs err {err:.3g} > {tol}"
+
+
+def test_encoder_first_in_chunks_equals_the_step_by_step_encoder():
+    """forward() encodes every frame before the recurrence, in chunks of any size: the same tokens, heads and state as
+    running the encoder inside each step, for videos of different lengths and a masked view."""
+    model = random_model(tiny_config(), seed=4)
+    gen = torch.Generator().manual_seed(4)
+    frames = torch.rand(3, 4, 3, 32, 48, generator=gen) * 2 - 1
+    lengths = torch.tensor([4, 2, 3])
+    img_mask = torch.ones(3, 4, dtype=torch.bool)
+    img_mask[0, 2] = False
+    with torch.inference_mode():
+        state = model.initial_state(3)
+        steps = []
+        for i in range(4):  # the recurrence with the encoder inside the step, rows of ended videos left out
+            rows = (lengths > i).nonzero().squeeze(1)
+            out, sub = model.step(state.select(rows), frames[rows, i], img_mask=img_mask[rows, i], heads=True)
+            state = state.scatter(rows, sub)
+            steps.append((rows, out))
+        for chunk in (1, 5, 64):
+            seq = model(frames, lengths, img_mask=img_mask, heads=True, encoder_chunk=chunk)
+            for i, (rows, out) in enumerate(steps):
+                torch.testing.assert_close(seq.patch_tokens[rows, i], out.patch_tokens, rtol=0, atol=1e-5)
+                torch.testing.assert_close(seq.heads["pts3d_in_other_view"][rows, i], out.heads["pts3d_in_other_view"],
+                                           rtol=0, atol=1e-5)
+            torch.testing.assert_close(seq.state.state_feat, state.state_feat, rtol=0, atol=1e-5)
+            assert not seq.patch_tokens[1, 2:].any()
+    with pytest.raises(ValueError, match="chunk"):
+        model.encode_frames(frames, lengths, chunk=0)
+    with pytest.raises(ValueError, match="image_size"):
+        model.step(model.initial_state(1), enc_feat=torch.zeros(1, 6, 64))
+
+
+def test_encoder_options_precision_compile_and_host_copies():
+    model = random_model(tiny_config(), seed=5)
+    frames = [torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(n)) * 2 - 1 for n in (3, 2)]
+    fp32 = Cut3rEncoder(model).encode(frames, points=True)
+    encoder = Cut3rEncoder(model, precision="bf16", encoder_chunk=2)
+    assert encoder.compute_dtype == torch.bfloat16 and encoder.precision == "bf16"
+    kept = encoder.encode(frames, points=True, keep_dtype=True)
+    assert kept.patch_tokens.dtype == torch.bfloat16 and kept.points.dtype == torch.float32
+    host = kept.to_host()  # on CPU: the same batch
+    assert host is kept
+    torch.testing.assert_close(kept.patch_tokens.float(), fp32.patch_tokens, rtol=0, atol=0.05)
+    assert Cut3rEncoder(model, precision="auto").compute_dtype == torch.float32  # auto on CPU
+    for bad in (dict(precision="fp16"), dict(compile="max"), dict(encoder_chunk=0)):
+        with pytest.raises(ValueError):
+            Cut3rEncoder(model, **bad)

@@ -90,13 +90,13 @@ class CrashingEncoder:
         self.inner, self.flag, self.crash_on_call, self.remove_flag = inner, flag, crash_on_call, remove_flag
         self.calls = 0
 
-    def encode(self, frames, *, points=False):
+    def encode(self, frames, **kwargs):
         self.calls += 1
         if self.calls >= self.crash_on_call and os.path.exists(self.flag):
             if self.remove_flag:
                 os.remove(self.flag)
             os._exit(1)  # the process dies like an OOM-killed or preempted worker: no exception, no cleanup
-        return self.inner.encode(frames, points=points)
+        return self.inner.encode(frames, **kwargs)
 
 
 class CrashingFactory:

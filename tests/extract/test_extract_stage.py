@@ -20,7 +20,7 @@ from pipeline.core.scene import manifest_frames, read_manifest
 from pipeline.core.schemas import FRAMES_SCHEMA, read_table
 from pipeline.core.tokens import iter_samples
 from pipeline.core.shards import read_index
-from workers.cut3r import Cut3rEncoder, preprocess_frames, random_model, save_safetensors, tiny_config
+from workers.cut3r import Cut3rEncoder, EncodedBatch, preprocess_frames, random_model, save_safetensors, tiny_config
 from workers.extract import ExtractOptions, ModelSpec, Scheduling
 
 FRAME_COUNTS = [5, 7, 4, 6]          # source frames of the ScanNet scenes (one pose each is lost)
@@ -222,12 +222,13 @@ def test_killed_actor_then_rerun_gives_every_scene_exactly_once(ray_local, templ
     run = dict(shard_bytes=100, progress=False)  # one sample per shard
 
     # The actor dies (os._exit) on its 4th batch and may not restart: the run stops with shards 0 and 1 complete
-    # (scene 3 sat in the open shard, which is dropped like after a kill).
+    # (scene 3 sat in the open shard, which is dropped like after a kill). One batch at a time in the actor, so
+    # that batch 3 is surely finished when batch 4 kills the process.
     killed = copy_root(template, tmp_path / "killed")
     flag = tmp_path / "crash.flag"
     flag.touch()
     crashing = CrashingFactory(model, flag, crash_on_call=4, remove_flag=False)
-    summary = extract_root(killed, model, options, Scheduling(batch_videos=1, retries=0),
+    summary = extract_root(killed, model, options, Scheduling(batch_videos=1, retries=0, actor_concurrency=1),
                            encoder_factory=crashing, **run)
     assert summary.aborted and "rerun to resume" in summary.aborted
     index = read_index(killed / "tokens")
@@ -329,8 +330,39 @@ def test_non_finite_points_become_an_error_not_a_sample():
                            np.zeros((t, 3, SIZE, SIZE), np.float32), rows) for i in range(2)]
     points = torch.zeros(2, t, n, 3)
     points[1, 1, 3, 2] = float("nan")  # the second scene's point head diverged on one patch
-    out = SimpleNamespace(camera_tokens=torch.zeros(2, t, 1, c), patch_tokens=torch.zeros(2, t, n, c), points=points)
-    encoder = SimpleNamespace(encode=lambda frames, points=False: out)
+    out = EncodedBatch(camera_tokens=torch.zeros(2, t, 1, c), patch_tokens=torch.zeros(2, t, n, c),
+                       lengths=torch.tensor([t, t]), points=points)
+    encoder = SimpleNamespace(encode=lambda frames, points=False, keep_dtype=False: out)
     good, bad = encode_scenes(encoder, scenes, options, identity)
     assert good.points.shape == (t, n, 3)
     assert isinstance(bad, SceneError) and "non-finite points" in bad.message
+
+
+def test_token_codecs_of_the_stage_and_no_mixing_in_one_folder(template, tmp_path, capsys):
+    """--token-dtype int8 stores codes and per-frame, per-channel scales that decode to the float32 tokens within half
+    a step; the codec (and a bf16 compute precision) is part of the folder's identity: another one is refused and the
+    shards stay untouched."""
+    fp32, int8 = copy_root(template, tmp_path / "fp32"), copy_root(template, tmp_path / "int8")
+    assert extract(fp32, "--local") == 0
+    assert extract(int8, "--local", "--token-dtype", "int8") == 0
+    pairs = zip(iter_samples(fp32 / "tokens"), iter_samples(int8 / "tokens", expect={"dtype": "int8"}))
+    for a, b in pairs:
+        assert b.meta["storage"] == "int8_scaled" and "compute_precision" not in b.meta
+        assert b.patch.dtype == np.int8 and b.patch_scale.shape == (b.num_frames, 1, 32)
+        assert (np.abs(b.patch_tokens() - a.patch_tokens()) <= 0.5 * b.patch_scale * (1 + 1e-5)).all()
+        assert (np.abs(b.camera_tokens() - a.camera_tokens()) <= 0.5 * b.camera_scale * (1 + 1e-5)).all()
+    before = file_hashes(int8 / "tokens")
+    capsys.readouterr()
+    assert extract(int8, "--local", "--token-dtype", "fp8_e4m3") == 2
+    err = capsys.readouterr().err
+    assert "dtype: int8 -> float8_e4m3" in err and "--rebuild" in err
+    assert extract(int8, "--local", "--token-dtype", "int8", "--dtype", "bf16") == 2
+    assert "compute_precision: null -> bf16" in capsys.readouterr().err
+    assert file_hashes(int8 / "tokens") == before
+    # bf16 compute stored losslessly as float32: recorded in the identity
+    bf16 = copy_root(template, tmp_path / "bf16")
+    assert extract(bf16, "--local", "--dtype", "bf16", "--token-dtype", "fp32") == 0
+    sample = next(iter_samples(bf16 / "tokens", expect={"dtype": "float32", "compute_precision": "bf16"}))
+    # float32 storage of bf16 values: every value is exactly a bf16 number
+    values = sample.patch_tokens()
+    np.testing.assert_array_equal(values.view(np.uint32) & 0xFFFF, 0)

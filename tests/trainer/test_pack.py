@@ -224,3 +224,21 @@ def test_vision_features_from_a_bare_siglip_folder(tmp_path):
         expect = siglip.vision_model(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
     assert got.shape == (1, 729, 32) and fingerprint
     torch.testing.assert_close(torch.from_numpy(got), expect, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("token_dtype", ["float32", "bfloat16", "float16", "float8_e4m3", "int8"])
+def test_every_token_codec_reaches_the_trainer_as_the_decoded_tokens(tmp_path, token_dtype):
+    """Pack carries the codec's members (the scales of float8_e4m3 / int8 included) into the training shards, and
+    the trainer's decode gives exactly the float32 tokens the token shard decodes to, camera token first."""
+    from workers.trainer.data import decode_scene
+
+    root = build_root(tmp_path / "root", SPECS[:2], token_dtype=token_dtype)
+    assert cli_main(["pack", "--root", str(root.path), "--max-shard-mb", SHARD_MB]) == 0
+    tokens = {s.key: s for s in iter_samples(root.tokens_dir)}
+    scaled = token_dtype in ("float8_e4m3", "int8")
+    for key, sample in _train_samples(root).items():
+        assert ("patch_scale.npy" in sample.members) == scaled and ("camera_scale.npy" in sample.members) == scaled
+        geometry = decode_scene(sample)["geometry_tokens"].numpy()
+        token = tokens[key]
+        assert geometry.dtype == np.float32
+        np.testing.assert_array_equal(geometry, np.concatenate([token.camera_tokens(), token.patch_tokens()], axis=1))

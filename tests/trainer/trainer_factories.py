@@ -11,7 +11,7 @@ import numpy as np
 from pipeline.core.layout import DatasetRoot, scene_key
 from pipeline.core.scene import CanonicalScene, frames_columns, objects_table, read_manifest
 from pipeline.core.schemas import FRAMES_SCHEMA, table_from_columns
-from pipeline.core.tokens import TokenSample, encode_tokens
+from pipeline.core.tokens import TokenSample, token_codec
 from pipeline.stages.extract import save_token_samples
 from pipeline.stages.ingest import write_ingested_scene
 from pipeline.stages.qa import save_qa_file
@@ -57,7 +57,7 @@ def write_spec_scene(root: DatasetRoot, spec: SceneSpec, *, frames: int = 4, sam
     write_ingested_scene(root, scene, num_frames=sampled)
 
 
-def token_sample(root: DatasetRoot, spec: SceneSpec, seed: int) -> TokenSample:
+def token_sample(root: DatasetRoot, spec: SceneSpec, seed: int, token_dtype: str = "bfloat16") -> TokenSample:
     rng = np.random.default_rng(seed)
     frames = read_manifest(root.scene_dir(spec.dataset, spec.scene_id)).to_pylist()
     t = len(frames)
@@ -66,12 +66,13 @@ def token_sample(root: DatasetRoot, spec: SceneSpec, seed: int) -> TokenSample:
         jpegs = [cv2.imencode(".jpg", rng.integers(0, 256, (384, 384, 3), dtype=np.uint8))[1].tobytes()
                  for _ in range(t)]
     meta = {"key": spec.key, "dataset": spec.dataset, "scene_id": spec.scene_id, "model_id": "cut3r-test",
-            "checkpoint_sha256": "0" * 64, "dtype": "bfloat16", "storage": "uint16_bits", "num_frames": t,
+            "checkpoint_sha256": "0" * 64, "dtype": token_dtype, "storage": token_codec(token_dtype).storage,
+            "num_frames": t,
             "num_patches": NUM_PATCHES, "token_width": TOKEN_WIDTH, "input_size": 432, "with_points": False,
             "with_frames": spec.with_jpegs, "code_version": "test"}
-    return TokenSample(spec.key, encode_tokens(rng.standard_normal((t, 1, TOKEN_WIDTH), np.float32), "bfloat16"),
-                       encode_tokens(rng.standard_normal((t, NUM_PATCHES, TOKEN_WIDTH), np.float32), "bfloat16"),
-                       frames, meta, jpegs=jpegs)
+    return TokenSample.from_float(spec.key, rng.standard_normal((t, 1, TOKEN_WIDTH), np.float32),
+                                  rng.standard_normal((t, NUM_PATCHES, TOKEN_WIDTH), np.float32), frames, meta,
+                                  jpegs=jpegs)
 
 
 def qa_record(spec: SceneSpec, index: int, qid: int) -> dict:
@@ -83,13 +84,15 @@ def qa_record(spec: SceneSpec, index: int, qid: int) -> dict:
             "ground_truth": str(count), "answer_text": str(count), "frame_ranks": [0, 1]}
 
 
-def build_root(path: Path, specs: list[SceneSpec], *, max_shard_bytes: int = 1 << 30) -> DatasetRoot:
-    """Scenes, token shards (one sample per scene, in key order) and qa/vsibench/<split>.jsonl, with the done-markers
-    the stages leave."""
+def build_root(path: Path, specs: list[SceneSpec], *, max_shard_bytes: int = 1 << 30,
+               token_dtype: str = "bfloat16") -> DatasetRoot:
+    """Scenes, token shards (one sample per scene, in key order, tokens stored with ``token_dtype``) and
+    qa/vsibench/<split>.jsonl, with the done-markers the stages leave."""
     root = DatasetRoot(path)
     for i, spec in enumerate(specs):
         write_spec_scene(root, spec, seed=i)
-    samples = [token_sample(root, spec, seed=100 + i) for i, spec in enumerate(sorted(specs, key=lambda s: s.key))]
+    samples = [token_sample(root, spec, seed=100 + i, token_dtype=token_dtype)
+               for i, spec in enumerate(sorted(specs, key=lambda s: s.key))]
     save_token_samples(root, samples, {"model_id": "cut3r-test"}, max_shard_bytes=max_shard_bytes)
     by_split: dict[str, list[dict]] = {}
     for spec in specs:

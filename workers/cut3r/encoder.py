@@ -1,7 +1,6 @@
 """The pure core the extraction stage calls: preprocessed frames of B videos in, geometry tokens out."""
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -9,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from workers.cut3r.config import Cut3rConfig
-from workers.cut3r.model import Cut3rModel
+from workers.cut3r.model import Cut3rModel, RecurrentState, StepOutput
 
 
 @dataclass
@@ -21,6 +20,24 @@ class EncodedBatch:
     lengths: torch.Tensor  # [B] int64
     points: torch.Tensor | None = None  # [B,T,N,3] metres-ish, first frame's camera (OpenCV axes), float32
     points_conf: torch.Tensor | None = None  # [B,T,N] mean confidence of each patch's pixels
+
+    def to_host(self) -> "EncodedBatch":
+        """Every tensor in host memory, dtypes kept: from a GPU, copied into pinned memory asynchronously, then one
+        synchronisation (a bf16 batch moves half the bytes of a float32 one)."""
+        tensors = {name: getattr(self, name) for name in ("camera_tokens", "patch_tokens", "lengths", "points",
+                                                          "points_conf")}
+        devices = {t.device.type for t in tensors.values() if t is not None}
+        if devices <= {"cpu"}:
+            return self
+        host = {}
+        for name, tensor in tensors.items():
+            if tensor is None or tensor.device.type != "cuda":
+                host[name] = tensor
+                continue
+            host[name] = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            host[name].copy_(tensor, non_blocking=True)
+        torch.cuda.synchronize()
+        return EncodedBatch(**host)
 
 
 def patch_points(points: torch.Tensor, conf: torch.Tensor, patch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,31 +78,45 @@ def random_model(config: Cut3rConfig, seed: int = 0) -> Cut3rModel:
     return model.eval()
 
 
-class Cut3rEncoder:
-    """Runs a :class:`Cut3rModel` for token extraction.
+PRECISIONS = ("auto", "fp32", "bf16")
+GPU_ENCODER_CHUNK = 64                   # frames per encoder call on CUDA
+COMPILE_MODES = ("none", "default", "reduce-overhead")
 
-    ``precision="auto"``: bf16 autocast on CUDA, float32 on CPU; ``"fp32"`` forces float32, ``"bf16"`` forces autocast.
+
+class Cut3rEncoder:
+    """Runs a :class:`Cut3rModel` for token extraction (the model is moved, cast and configured in place).
+
+    ``precision``: ``"fp32"``; ``"bf16"``: bfloat16 weights and activations with float32 heads, RoPE and norm
+    statistics (:meth:`Cut3rModel.set_precision`); ``"auto"``: bf16 on CUDA, fp32 elsewhere.
     ``attention``: ``"fused"`` (scaled_dot_product_attention) or ``"eager"``; it is set on the model itself.
-    ``compile=True`` replaces the model's per-frame ``step`` by a ``torch.compile``d one and turns on inductor's
-    ``emulate_precision_casts`` (process-wide) so the encoder's float16 q/k rounding survives kernel fusion (without
-    it, compiled tokens move by about 4e-4; with it, about 1e-5 from eager on the tiny model). Each new number of
-    active videos compiles again.
+    ``encoder_chunk``: frames per encoder call; the encoder runs over every frame of a batch before the recurrent
+    decoder (:meth:`Cut3rModel.encode_frames`). Default: 64 on CUDA (tall matrices fill the GPU), else the number
+    of videos, as the recurrent loop would (measured on CPU with the tiny model: 64-frame calls lose about 10% to
+    cache misses, 8-frame ones lose nothing).
+    ``compile``: ``"none"``, ``"default"`` (``torch.compile`` of the encoder call and of the recurrent step) or
+    ``"reduce-overhead"`` (the same with CUDA graphs: the step's outputs are copied out of the graph's memory
+    before the next replay). Compiling turns on inductor's ``emulate_precision_casts`` (process-wide) so the
+    encoder's float16 q/k rounding survives kernel fusion (without it, compiled tokens move by about 4e-4; with
+    it, about 1e-5 from eager on the tiny model). Each new number of active videos or chunk size compiles again.
     """
 
     def __init__(self, model: Cut3rModel, *, device: torch.device | str | None = None, precision: str = "auto",
-                 attention: str = "fused", compile: bool = False):
-        if precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
+                 attention: str = "fused", compile: str = "none", encoder_chunk: int | None = None):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {COMPILE_MODES}, got {compile!r}")
+        if encoder_chunk is not None and encoder_chunk < 1:
+            raise ValueError(f"encoder_chunk must be >= 1, got {encoder_chunk}")
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        self.model = model.to(self.device).eval().set_attention(attention)
+        if precision == "auto":
+            precision = "bf16" if self.device.type == "cuda" else "fp32"
         self.precision = precision
         self.attention = attention
-        if compile:
-            import torch._inductor.config as inductor_config
-
-            # Keep the encoder's float16 rounding of q/k: inductor drops casts inside fused kernels by default.
-            inductor_config.emulate_precision_casts = True
-            self.model.step = torch.compile(self.model.step, dynamic=False)  # type: ignore[method-assign]
+        self.compile = compile
+        self.encoder_chunk = encoder_chunk or (GPU_ENCODER_CHUNK if self.device.type == "cuda" else None)
+        self.model = model.to(self.device).eval().set_attention(attention).set_precision(precision)
+        _compile_model(self.model, compile)
 
     @property
     def config(self) -> Cut3rConfig:
@@ -93,14 +124,7 @@ class Cut3rEncoder:
 
     @property
     def compute_dtype(self) -> torch.dtype:
-        if self.precision == "bf16" or (self.precision == "auto" and self.device.type == "cuda"):
-            return torch.bfloat16
-        return torch.float32
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.compute_dtype == torch.bfloat16:
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return self.model.compute_dtype
 
     @torch.inference_mode()
     def encode(self, frames: torch.Tensor | list[torch.Tensor], lengths: torch.Tensor | list[int] | None = None,
@@ -108,8 +132,10 @@ class Cut3rEncoder:
         """Encode B videos advancing in lock-step.
 
         ``frames``: preprocessed float [B,T,3,S,S] (see :func:`workers.cut3r.preprocess.preprocess_frames`) with
-        ``lengths`` [B], or a list of B tensors [T_b,3,S,S] (padded here). ``points=True`` also runs the point head
+        ``lengths`` [B], or a list of B tensors [T_b,3,S,S] (padded here), in host or device memory (host frames
+        are copied to a GPU chunk by chunk, overlapped with the encoder). ``points=True`` also runs the point head
         (``dpt_cross`` + pose-conditioned blocks) and returns per-patch 3D points in the first frame's camera.
+        Tokens are float32 unless ``keep_dtype`` (then in the compute dtype); they stay on the model's device.
         """
         if isinstance(frames, (list, tuple)):
             if lengths is not None:
@@ -117,14 +143,12 @@ class Cut3rEncoder:
             lengths = [int(f.shape[0]) for f in frames]
             t_max = max(lengths) if lengths else 0
             frames = torch.stack([F.pad(f, (0, 0, 0, 0, 0, 0, 0, t_max - f.shape[0])) for f in frames])
-        frames = frames.to(self.device, non_blocking=True)
         if frames.ndim != 5:
             raise ValueError(f"expected frames [B,T,3,S,S], got {tuple(frames.shape)}")
         b, t = frames.shape[:2]
         lengths_t = (torch.full((b,), t, dtype=torch.long) if lengths is None
                      else torch.as_tensor(lengths, dtype=torch.long)).to(self.device)
-        with self.autocast():
-            out = self.model(frames, lengths_t, heads=("cross",) if points else False)
+        out = self.model(frames, lengths_t, heads=("cross",) if points else False, encoder_chunk=self.encoder_chunk)
         cast = (lambda x: x) if keep_dtype else (lambda x: x.float())
         result = EncodedBatch(cast(out.camera_token), cast(out.patch_tokens), lengths_t)
         if points:
@@ -133,6 +157,45 @@ class Cut3rEncoder:
             p, c = patch_points(pts, conf, self.config.patch_size)  # padded frames stay zeros
             result.points, result.points_conf = p.unflatten(0, (b, t)), c.unflatten(0, (b, t))
         return result
+
+
+def _compile_model(model: Cut3rModel, mode: str) -> None:
+    """Install (or, with ``"none"``, remove) compiled versions of the model's encoder call and recurrent step as
+    instance attributes, so that :meth:`Cut3rModel.forward` calls them."""
+    for name in ("encode_images", "step"):
+        model.__dict__.pop(name, None)
+    if mode == "none":
+        return
+    import torch._inductor.config as inductor_config
+
+    # Keep the encoder's float16 rounding of q/k: inductor drops casts inside fused kernels by default.
+    inductor_config.emulate_precision_casts = True
+    options = {"mode": mode, "dynamic": False}
+    compiled_encoder = torch.compile(model.encode_images, **options)
+    compiled_step = torch.compile(model.step, **options)
+    if mode != "reduce-overhead":
+        model.encode_images = compiled_encoder  # type: ignore[method-assign]
+        model.step = compiled_step  # type: ignore[method-assign]
+        return
+
+    # CUDA graphs replay into the same output memory: each call marks a new step, then copies what the caller keeps
+    # (encoder tokens; step tokens, heads and state) out of it before the next replay overwrites it.
+    def encoder_out_of_graph(*args, **kwargs):
+        torch.compiler.cudagraph_mark_step_begin()
+        return compiled_encoder(*args, **kwargs).clone()
+
+    def step_out_of_graph(*args, **kwargs):
+        torch.compiler.cudagraph_mark_step_begin()
+        out, state = compiled_step(*args, **kwargs)
+        return _cloned(out), RecurrentState(state.state_feat.clone(), state.mem.clone(), state.first.clone())
+
+    model.encode_images = encoder_out_of_graph  # type: ignore[method-assign]
+    model.step = step_out_of_graph  # type: ignore[method-assign]
+
+
+def _cloned(out: StepOutput) -> StepOutput:
+    return StepOutput(out.camera_token.clone(), out.patch_tokens.clone(),
+                      {k: v.clone() for k, v in out.heads.items()}, {k: v.clone() for k, v in out.debug.items()})
 
 
 def count_parameters(model: nn.Module) -> int:

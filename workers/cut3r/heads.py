@@ -193,8 +193,9 @@ class DPTPts3dPose(nn.Module):
         parts = set(parts)
         cfg = self.cfg
         device_type = dec[-1].device.type
-        pose_token, tokens = dec[-1][:, 0], dec[-1][:, 1:]
-        plain = [dec[0].float(), dec[1].float(), dec[2].float(), tokens.float()]
+        # float32 from here on (a bf16 model keeps its heads in float32, as the official code runs them)
+        pose_token, tokens = dec[-1][:, 0].float(), dec[-1][:, 1:].float()
+        plain = [dec[0].float(), dec[1].float(), dec[2].float(), tokens]
         out: dict[str, torch.Tensor] = {}
         if "cross" in parts:
             cross = tokens
@@ -241,7 +242,8 @@ class LinearPts3dPose(nn.Module):
         parts = set(parts)
         cfg = self.cfg
         device_type = dec[-1].device.type
-        pose_token, tokens = dec[-1][:, 0], dec[-1][:, 1:]
+        # float32 from here on (a bf16 model keeps its heads in float32, as the official code runs them)
+        pose_token, tokens = dec[-1][:, 0].float(), dec[-1][:, 1:].float()
         out: dict[str, torch.Tensor] = {}
         if "cross" in parts:
             cross = tokens

@@ -18,7 +18,7 @@ One step on a batch of frames [B,3,H,W]:
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import torch
 import torch.nn as nn
@@ -174,18 +174,84 @@ class Cut3rModel(nn.Module):
             first=torch.ones(batch_size, dtype=torch.bool, device=device),
         )
 
-    # ----- one frame -----
+    # ----- precision -----
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype of the encoder and decoders' weights and activations (the heads always run in float32)."""
+        return self.enc_norm.weight.dtype
+
+    def set_precision(self, precision: str) -> "Cut3rModel":
+        """``"fp32"``, or ``"bf16"``: bfloat16 weights and activations everywhere but in the heads, which stay float32
+        as in the official code. Where the official code keeps more precision, so does the bf16 model: RoPE angles
+        and rotations are float32 (and the encoder's q/k are rounded to float16 around them), LayerNorm statistics
+        and attention softmax accumulate in float32 (inside torch's kernels)."""
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        self.to(torch.bfloat16 if precision == "bf16" else torch.float32)
+        self.downstream_head.float()
+        return self
+
+    # ----- encoder -----
     def encode_images(self, images: torch.Tensor, rope: RopeTable) -> torch.Tensor:
-        x = self.patch_embed(images)
+        dtype = self.compute_dtype
+        x = self.patch_embed(images.to(dtype)).to(dtype)
         for blk in self.enc_blocks:
             x = blk(x, rope)
         return self.enc_norm(x)
 
+    def _patch_rope(self, gh: int, gw: int, device: torch.device | str) -> RopeTable:
+        head_dim = self.cfg.enc_embed_dim // self.cfg.enc_num_heads
+        return self._rope("patch", grid_positions(gh, gw, device)[None], head_dim, (gh, gw))
+
+    def encode_views(self, images: torch.Tensor, img_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Encoder tokens [B,N,Ce] of B views [B,3,H,W]; a masked view (``img_mask`` False) is the learned
+        masked-image token, as in the official ``_encode_views``."""
+        b, _, h, w = images.shape
+        p = self.cfg.patch_size
+        rope = self._patch_rope(h // p, w // p, images.device)
+        if img_mask is None or bool(img_mask.all()):
+            return self.encode_images(images, rope)
+        enc_feat = self.masked_img_token.to(self.compute_dtype).expand(b, (h // p) * (w // p), -1).clone()
+        if bool(img_mask.any()):
+            rows = img_mask.nonzero().squeeze(1)
+            enc_feat[rows] = self.encode_images(images[rows], rope).to(enc_feat.dtype)
+        return enc_feat
+
+    def encode_frames(self, frames: torch.Tensor, lengths: torch.Tensor, img_mask: torch.Tensor | None = None,
+                      chunk: int = 64) -> torch.Tensor:
+        """Encoder tokens [B,T,N,Ce] (on the model's device) of every frame t < lengths[b] of B videos [B,T,3,H,W],
+        ``chunk`` frames per encoder call, before any recurrent step: the encoder does not depend on the state, so
+        its matrices are as tall as ``chunk`` frames instead of B. Frames past a video's length stay zeros.
+
+        ``frames`` may be in host memory while the model is on a CUDA device: each chunk is then gathered into pinned
+        memory and copied on a side stream while the previous chunk is encoded."""
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
+        device = self.pose_token.device
+        b, t, _, h, w = frames.shape
+        p = self.cfg.patch_size
+        n = (h // p) * (w // p)
+        out = torch.zeros(b * t, n, self.cfg.enc_embed_dim, dtype=self.compute_dtype, device=device)
+        active = (torch.arange(t, device=lengths.device)[None] < lengths[:, None]).flatten().cpu()
+        if img_mask is not None:
+            shown = img_mask.to(device="cpu", dtype=torch.bool).flatten()
+            out[(active & ~shown).to(device)] = self.masked_img_token.to(out.dtype)
+            active = active & shown
+        rows = active.nonzero().squeeze(1)
+        rope = self._patch_rope(h // p, w // p, device)
+        for idx, images in _device_chunks(frames.flatten(0, 1), rows, chunk, device):
+            out[idx.to(device)] = self.encode_images(images, rope)
+        return out.unflatten(0, (b, t))
+
+    # ----- one frame -----
+
     def step(
         self,
         state: RecurrentState,
-        images: torch.Tensor,
+        images: torch.Tensor | None = None,
         *,
+        enc_feat: torch.Tensor | None = None,
+        image_size: tuple[int, int] | None = None,
         img_mask: torch.Tensor | None = None,
         update: torch.Tensor | None = None,
         reset: torch.Tensor | None = None,
@@ -193,15 +259,24 @@ class Cut3rModel(nn.Module):
         debug: bool = False,
         first_frame: bool | None = None,
     ) -> tuple[StepOutput, RecurrentState]:
-        """Advance every row of ``state`` by one frame ``images`` [B,3,H,W] (normalised to [-1, 1]).
+        """Advance every row of ``state`` by one frame ``images`` [B,3,H,W] (normalised to [-1, 1]), or by its
+        encoder tokens ``enc_feat`` [B,N,Ce] computed beforehand (:meth:`encode_frames`) with ``image_size`` (H, W).
 
         ``img_mask``, ``update``, ``reset``: bool [B] (defaults True, True, False), the official per-view flags.
         ``heads``: False (tokens only), True (every head) or a subset of {"self", "cross", "rgb", "pose"}.
         ``first_frame``: True/False when every/no row is at its first frame (saves reading ``state.first``).
         """
         cfg = self.cfg
-        b, _, h, w = images.shape
-        device = images.device
+        if enc_feat is None:
+            if images is None:
+                raise ValueError("step needs the images or their encoder tokens (enc_feat)")
+            b, _, h, w = images.shape
+            device = images.device
+        else:
+            if image_size is None:
+                raise ValueError("step with precomputed encoder tokens needs the image_size (H, W)")
+            b, (h, w) = enc_feat.shape[0], image_size
+            device = enc_feat.device
         p = cfg.patch_size
         gh, gw = h // p, w // p
         n = gh * gw
@@ -223,24 +298,18 @@ class Cut3rModel(nn.Module):
         pose_pos = torch.full((patch_pos.shape[0], 1, 2), -1, dtype=patch_pos.dtype, device=device)
         img_pos = torch.cat([pose_pos, patch_pos], dim=1)
         state_pos = self.state_positions(device)[None]
-        enc_hd = cfg.enc_embed_dim // cfg.enc_num_heads
         img_hd = cfg.dec_embed_dim // cfg.dec_num_heads
         st_hd = cfg.dec_embed_dim // cfg.state_dec_num_heads
-        enc_rope = self._rope("patch", patch_pos, enc_hd, pos_key)
         img_rope_img = self._rope("img", img_pos, img_hd, pos_key)
         img_rope_state = self._rope("img", img_pos, st_hd, pos_key)
         state_rope_state = self._rope("state", state_pos, st_hd, ())
         state_rope_img = self._rope("state", state_pos, img_hd, ())
 
-        # 1. encoder
-        if all_images:
-            enc_feat = self.encode_images(images, enc_rope)
-        else:
-            enc_feat = self.masked_img_token.to(images.dtype).expand(b, n, -1).clone()
-            if bool(img_mask.any()):
-                rows = img_mask.nonzero().squeeze(1)
-                rows_rope = self._rope("patch", grid_positions(gh, gw, device)[None], enc_hd, (gh, gw))
-                enc_feat[rows] = self.encode_images(images[rows], rows_rope).to(enc_feat.dtype)
+        # 1. encoder (unless done beforehand for the whole sequence)
+        if enc_feat is None:
+            enc_feat = self.encode_views(images, None if all_images else img_mask)
+        elif tuple(enc_feat.shape[1:]) != (n, cfg.enc_embed_dim):
+            raise ValueError(f"enc_feat has shape {list(enc_feat.shape)}, expected [B, {n}, {cfg.enc_embed_dim}]")
         global_img_feat = enc_feat.mean(dim=1, keepdim=True)
 
         # 2. pose query
@@ -309,34 +378,41 @@ class Cut3rModel(nn.Module):
         heads: bool | Iterable[str] = False,
         debug: bool = False,
         state: RecurrentState | None = None,
+        encoder_chunk: int | None = None,
     ) -> SequenceOutput:
-        """Run ``frames`` [B,T,3,H,W] through the model, frame by frame, all videos in lock-step.
+        """Run ``frames`` [B,T,3,H,W] through the model, all videos in lock-step: the encoder over every frame first
+        (``encoder_chunk`` frames per call, default B; see :meth:`encode_frames`), then the recurrent decoder frame by
+        frame.
 
         ``lengths`` [B]: video b has frames 0..lengths[b]-1; at later steps its row is left out of the computation, so
-        its state cannot change. ``img_mask``/``update``/``reset``: optional bool [B,T] per-view flags.
+        its state cannot change. ``img_mask``/``update``/``reset``: optional bool [B,T] per-view flags. ``frames``
+        may be in (pinned) host memory when the model is on a GPU; outputs are on the model's device.
         """
         b, t = frames.shape[:2]
-        device = frames.device
+        image_size = (int(frames.shape[-2]), int(frames.shape[-1]))
+        device = self.pose_token.device
         lengths_t = _lengths(lengths, b, t, device)
         fresh = state is None
         state = self.initial_state(b, device) if state is None else state
+        enc_all = self.encode_frames(frames, lengths_t, img_mask, encoder_chunk or max(b, 1))
         cams, patches = [], []
         head_steps: dict[str, list[torch.Tensor]] = {}
         debug_steps: dict[str, list[torch.Tensor]] = {}
+        lengths_host = lengths_t.cpu()  # which rows run at each step, decided without a device synchronisation
         for i in range(t):
-            active = lengths_t > i
+            active = lengths_host > i
             flags = {name: (None if arr is None else arr[:, i])
                      for name, arr in (("img_mask", img_mask), ("update", update), ("reset", reset))}
             # From a fresh state, every row active at step i > 0 has seen its first frame (lengths are prefixes).
             first_frame = (i == 0) if fresh else None
             if bool(active.all()):
-                step_out, state = self.step(state, frames[:, i], heads=heads, debug=debug, first_frame=first_frame,
-                                            **flags)
+                step_out, state = self.step(state, enc_feat=enc_all[:, i], image_size=image_size, heads=heads,
+                                            debug=debug, first_frame=first_frame, **flags)
             else:
-                rows = active.nonzero().squeeze(1)
+                rows = active.nonzero().squeeze(1).to(device)
                 sub_flags = {k: (None if v is None else v.to(device)[rows]) for k, v in flags.items()}
-                sub_out, sub_state = self.step(state.select(rows), frames[rows, i], heads=heads, debug=debug,
-                                               first_frame=first_frame, **sub_flags)
+                sub_out, sub_state = self.step(state.select(rows), enc_feat=enc_all[rows, i], image_size=image_size,
+                                               heads=heads, debug=debug, first_frame=first_frame, **sub_flags)
                 state = state.scatter(rows, sub_state)
                 step_out = _pad_rows(sub_out, rows, b)
             cams.append(step_out.camera_token)
@@ -353,6 +429,50 @@ class Cut3rModel(nn.Module):
             state=state,
         )
         return result
+
+
+def _device_chunks(flat: torch.Tensor, rows: torch.Tensor, chunk: int, device: torch.device,
+                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(row indices, ``flat[rows]`` on ``device``) for successive ``chunk`` rows of ``flat`` [M,...].
+
+    From host memory to a CUDA device, each chunk is gathered into pinned memory and its copy issued on a side
+    stream one chunk ahead, so it overlaps the compute on the previous chunk; the compute stream waits for the copy's
+    event before using it. Otherwise the rows are simply moved.
+    """
+    starts = range(0, int(rows.numel()), chunk)
+
+    def gather(idx: torch.Tensor) -> torch.Tensor:
+        first, last = int(idx[0]), int(idx[-1])
+        if last - first + 1 == idx.numel():  # consecutive rows (every video long enough): a view, no copy
+            return flat[first:last + 1]
+        return flat[idx.to(flat.device)]
+
+    if device.type != "cuda" or flat.device.type == "cuda":
+        for start in starts:
+            idx = rows[start:start + chunk]
+            yield idx, gather(idx).to(device)
+        return
+    copy_stream = torch.cuda.Stream(device)
+    compute_stream = torch.cuda.current_stream(device)
+
+    def issue(start: int) -> tuple[torch.Tensor, torch.Tensor, torch.cuda.Event]:
+        idx = rows[start:start + chunk]
+        # The caching host allocator keeps the pinned block until the asynchronous copy from it has finished.
+        host = gather(idx).pin_memory()
+        with torch.cuda.stream(copy_stream):
+            on_device = host.to(device, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record(copy_stream)
+        return idx, on_device, copied
+
+    ahead = issue(0) if len(starts) else None
+    for start in starts:
+        assert ahead is not None
+        idx, on_device, copied = ahead
+        ahead = issue(start + chunk) if start + chunk < int(rows.numel()) else None
+        compute_stream.wait_event(copied)
+        on_device.record_stream(compute_stream)  # allocated for the copy stream, used on the compute stream
+        yield idx, on_device
 
 
 def _head_parts(heads: bool | Iterable[str]) -> frozenset[str]:

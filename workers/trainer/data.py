@@ -15,7 +15,6 @@ the rank of the frame it is drawn on, so a region extractor can pool that frame'
 """
 from __future__ import annotations
 
-import io
 import itertools
 import math
 from collections import OrderedDict
@@ -103,21 +102,28 @@ def encode_conversation(tok: Any, user: str, answer: str | None, masking: str = 
 def decode_scene(sample: SceneSample) -> dict[str, torch.Tensor]:
     """Geometry tokens [T, 1 + N, C] float32 (camera token first) and pixel values [T, 3, 384, 384] (SigLIP's
     normalisation, mean 0.5 std 0.5) or vision features [T, 729, d] float32."""
+    from pipeline.core.shards import load_npy
     from pipeline.core.tokens import decode_tokens
 
+    def load(name: str) -> np.ndarray | None:
+        data = sample.members.get(name)
+        return None if data is None else load_npy(data, f"{sample.where}:{sample.key}.{name}")
+
     dtype = sample.meta["dtype"]
-    camera = decode_tokens(np.load(io.BytesIO(sample.members["camera.npy"]), allow_pickle=False), dtype)
-    patch = decode_tokens(np.load(io.BytesIO(sample.members["patch.npy"]), allow_pickle=False), dtype)
+    try:  # the scaled codecs (float8_e4m3, int8) carry per-channel scales beside the codes
+        camera = decode_tokens(load("camera.npy"), dtype, load("camera_scale.npy"))
+        patch = decode_tokens(load("patch.npy"), dtype, load("patch_scale.npy"))
+    except ValueError as exc:
+        raise InputError(f"{sample.where}:{sample.key}", str(exc)) from None
     if camera.shape[0] != patch.shape[0]:
         raise InputError(f"{sample.where}:{sample.key}", f"camera tokens for {camera.shape[0]} frames, "
                                                          f"patch tokens for {patch.shape[0]}")
     out = {"geometry_tokens": torch.from_numpy(np.concatenate([camera, patch], axis=1))}
     if "points.npy" in sample.members:   # per-patch 3D points (world frame) and their validity
-        out["patch_points"] = torch.from_numpy(np.load(io.BytesIO(sample.members["points.npy"]), allow_pickle=False))
-        out["patch_points_valid"] = torch.from_numpy(
-            np.load(io.BytesIO(sample.members["points_valid.npy"]), allow_pickle=False))
+        out["patch_points"] = torch.from_numpy(load("points.npy"))
+        out["patch_points_valid"] = torch.from_numpy(load("points_valid.npy"))
     if "vision.npy" in sample.members:
-        stored = np.load(io.BytesIO(sample.members["vision.npy"]), allow_pickle=False)
+        stored = load("vision.npy")
         out["vision_features"] = torch.from_numpy(decode_tokens(stored, sample.meta.get("vision_dtype", "bfloat16")))
     else:
         names = sorted(n for n in sample.members if n.startswith("frame_") and n.endswith(".jpg"))
