@@ -33,6 +33,32 @@ def _step(title: str, argv: list[str]) -> tuple[str, int, float]:
     return title, status, time.perf_counter() - t0
 
 
+def _video_path(out: Path, scenes: list, root: Path, mode: list[str]) -> list[tuple[str, int, float]]:
+    """The benchmarks' own path: plain videos (the validation scene as VSI-Bench ships it, plus a sideways phone clip)
+    into a root of their own, tokens, the published question file answered by the adapter just trained, and scored."""
+    from pipeline.core.qa_records import iter_records, write_benchmark_questions
+    from pipeline.sources.video_writer import write_video_folder
+
+    videos, video_root = out / "raw" / "videos", out / "video_root"
+    val = scenes[-1:] if len(scenes) > 1 else scenes
+    for dataset in ("scannet", "scannetpp"):
+        write_video_folder(val, videos, dataset=dataset, sideways=dataset == "scannetpp")
+    # The root's own VSI-Bench validation questions about those two datasets, written as lmms-eval's file.
+    questions = [r for r in iter_records(root / "qa" / "vsibench" / "val.jsonl") if r["dataset"] in ("scannet",
+                                                                                                   "scannetpp")]
+    question_file = write_benchmark_questions(questions, out / "questions" / "vsibench_val.jsonl")
+    predictions, scores = out / "predictions" / "vsibench_val.jsonl", out / "predictions" / "vsibench_val_scores.json"
+    return [
+        _step("ingest video", ["ingest", "--dataset", "video", "--raw", str(videos), "--out", str(video_root), *mode]),
+        _step("extract video", ["extract", "--root", str(video_root), "--random-tiny", "--with-frames",
+                                *mode]),
+        _step("predict video", ["predict", "--root", str(video_root), "--questions", str(question_file),
+                                "--adapter", str(root / "train"), "--out", str(predictions)]),
+        _step("eval video", ["eval", "--questions", str(question_file), "--predictions", str(predictions),
+                             "--out", str(scores)]),
+    ]
+
+
 def run(args: argparse.Namespace) -> int:
     import importlib
 
@@ -60,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
         results.append(_step(f"ingest {dataset}", ["ingest", "--dataset", dataset, "--raw", str(raw / dataset),
                                                     "--out", str(root), *mode]))
     if "extract" in have:
-        results.append(_step("extract", ["extract", "--root", str(root), "--random-tiny", "--with-frames", *mode]))
+        results.append(_step("extract", ["extract", "--root", str(root), "--random-tiny", "--with-frames",
+                                         "--points", "depth", *mode]))
     if "graph" in have:
         results.append(_step("graph", ["graph", "--root", str(root), *mode]))
     if "routes" in have:
@@ -76,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
                                        "--grad-accum", "1", "--lr", "2e-3", "--seed", str(args.seed), "--predict"]))
     if "eval" in have and (root / "train" / "predictions").is_dir():
         results.append(_step("eval", ["eval", "--root", str(root)]))
+    if {"predict", "eval"} <= have and (root / "train" / "checkpoints").is_dir():
+        results += _video_path(out, scenes, root, mode)
     if "stats" in have:
         results.append(_step("stats", ["stats", "--root", str(root)]))
     if "status" in have:
@@ -87,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {title:<{width}}  {'ok' if status == 0 else f'FAILED ({status})':<12} {seconds:6.1f}s")
     print(f"  total {time.perf_counter() - t0:.1f}s; dataset root: {root.resolve()}")
     scores = sorted((root / "eval").glob("*.json")) if (root / "eval").is_dir() else []
+    scores += sorted((out / "predictions").glob("*_scores.json")) if (out / "predictions").is_dir() else []
     if scores:
         from pipeline.core.atomic import read_json
 
