@@ -36,6 +36,11 @@ def decode_rle(rle: dict[str, Any]) -> np.ndarray:
     return coco_mask.decode(_coco(rle)).astype(bool)
 
 
+def rle_area(rle: dict[str, Any]) -> int:
+    """The number of pixels of a compressed RLE's mask (without decoding it)."""
+    return int(coco_mask.area(_coco(rle)))
+
+
 def rle_bbox_xyxy(rle: dict[str, Any]) -> list[int]:
     """The box of a non-empty compressed RLE as inclusive pixel indices [x0, y0, x1, y1] (from pycocotools'
     ``toBbox`` [x, y, w, h]: x1 = x + w - 1)."""

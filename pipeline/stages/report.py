@@ -3,7 +3,8 @@
 What it shows: the stage status table, questions per task (per bench and split), option-letter balance and the most
 frequent answers of multiple-choice tasks, numeric-answer histograms, frames and tokens per scene, shard sizes
 (token and training shards), failures by cause (error_type per stage) and, when the routes stage ran, route
-statistics with links to its per-scene plots.
+statistics with links to its per-scene plots; when the root has regionbench questions or region prompts, their
+counts, co-visibility, mask areas and a few prompts drawn on their frames (:mod:`pipeline.stages.report_regions`).
 
 :func:`collect` reads the root (read-only) into a :class:`ReportData`; :func:`render_markdown` and the ``plot_*``
 functions are pure; :func:`write_report` writes everything atomically. The output is deterministic: no timestamps,
@@ -19,7 +20,7 @@ import tarfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -30,6 +31,9 @@ from pipeline.core.qa_records import iter_records
 from pipeline.core.shards import ShardRecord, complete_shards
 from pipeline.stages.contract import Ledgers
 from pipeline.stages.status import RootStatus, load_errors, root_status
+
+if TYPE_CHECKING:     # report_regions builds on this module's helpers: it is imported where it is used
+    from pipeline.stages.report_regions import RegionReport
 
 REPORT_NAME = "report.md"   # plots go to PLOTS_DIR inside the report folder; every PNG there is this module's
 PLOT_DPI = 100
@@ -100,6 +104,7 @@ class ReportData:
     routes_per_scene: dict[str, int]                           # scene key -> routes
     route_turns: list[int]                                     # turns of every route
     route_plots: list[str]                                     # absolute paths of the routes stage's PNGs
+    regions: RegionReport | None = None                        # regionbench and region prompts, when the root has them
 
     @property
     def total_questions(self) -> int:
@@ -232,9 +237,12 @@ def collect(ledgers: Ledgers) -> ReportData:
         failures[(row.stage, row.error_type)] += 1
         examples[(row.stage, row.error_type)].append(f"{row.dataset}/{row.scene_id}" if row.dataset else row.scene_id)
     routes_per_scene, turns, plots = _collect_routes(root, ledgers)
+    from pipeline.stages.report_regions import collect_regions
+
     return ReportData(status, qa, tasks, _collect_scenes(root, ledgers, token_records),
                       _collect_shards(root, token_records), failures,
-                      {k: sorted(v) for k, v in sorted(examples.items())}, routes_per_scene, turns, plots)
+                      {k: sorted(v) for k, v in sorted(examples.items())}, routes_per_scene, turns, plots,
+                      collect_regions(root, ledgers, token_records))
 
 
 # ---- plots (pure: data -> matplotlib Figure, or None when there is nothing to show) -------------------------------
@@ -573,6 +581,10 @@ def render_markdown(data: ReportData, plots: dict[str, str], out_dir: Path) -> s
                         [[b, t, len(a.numeric), *_summary(a.numeric, 2)] for (b, t), a in numeric], left=2)
         _image(lines, plots, "numeric_answers.png", "numeric answer histograms")
 
+    from pipeline.stages.report_regions import render_region_section
+
+    lines += render_region_section(data, plots)
+
     lines += ["", "## Frames and tokens per scene", ""]
     if not data.scenes:
         lines.append("No ingested scenes.")
@@ -642,6 +654,8 @@ def write_report(ledgers: Ledgers, out_dir: str | Path | None = None) -> ReportR
     """Collect, plot and write ``<out_dir>/report.md`` (default ``ROOT/report``) with its PNGs in ``plots/``."""
     from matplotlib import style
 
+    from pipeline.stages.report_regions import REGION_PLOTS
+
     out = Path(out_dir) if out_dir is not None else ledgers.root.report_dir
     data = collect(ledgers)
     plots_dir = out / PLOTS_DIR
@@ -649,7 +663,7 @@ def write_report(ledgers: Ledgers, out_dir: str | Path | None = None) -> ReportR
     paths = []
     # The default style, not the user's matplotlibrc: same pixels on every machine with this matplotlib.
     with style.context("default"):
-        for name, plot in PLOTS.items():
+        for name, plot in {**PLOTS, **REGION_PLOTS}.items():
             fig = plot(data)
             if fig is None:
                 continue
