@@ -354,9 +354,9 @@ def encode_scenes(encoder: TokenEncoder, scenes: Sequence[DecodedScene], options
             head = out.points[b, :t].float().numpy()                       # [T,N,3], first camera's frame
             poses = out.camera_poses[b, :t].float().numpy()                # [T,4,4], first camera's frame
             if not (np.isfinite(head).all() and np.isfinite(poses).all()):
-                what = "points" if not np.isfinite(head).all() else "camera poses"
-                results.append(SceneError("NonFiniteTokens", f"{scene.job.key}: the point head produced non-finite "
-                                          f"{what}", scene.job.scene_dir))
+                what = "point head produced non-finite points" if not np.isfinite(head).all() else \
+                    "pose head produced non-finite camera poses"
+                results.append(SceneError("NonFiniteTokens", f"{scene.job.key}: the {what}", scene.job.scene_dir))
                 continue
             geometry = cut3r_geometry(head, poses, _sensor_pose(scene.frames[0]))
             points, frames = geometry.points, with_estimated_poses(scene.frames, geometry.camera_to_world, "cut3r")

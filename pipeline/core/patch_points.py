@@ -244,4 +244,3 @@ def cut3r_geometry(points_cam0: np.ndarray, camera_poses_cam0: np.ndarray,
         return Cut3rGeometry(points, poses, "camera0")
     c2w0 = np.asarray(first_camera_to_world, np.float64).reshape(4, 4)
     return Cut3rGeometry(_assemble(_to_world(safe, c2w0), valid, c2w0), c2w0 @ poses, "world_z_up")
-
