@@ -29,9 +29,10 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from pipeline.core.patch_points import POINTS_SOURCES, PatchPoints, cut3r_patch_points
+from pipeline.core.patch_points import POINTS_SOURCES, PatchPoints, cut3r_geometry
 from pipeline.core.version import __version__
-from pipeline.core.tokens import TokenSample, token_codec, token_dtype_name, validate_sample
+from pipeline.core.tokens import (TokenSample, token_codec, token_dtype_name, validate_sample,
+                                  with_estimated_poses)
 
 MODEL_KINDS = ("checkpoint", "weights", "random_tiny")
 
@@ -112,8 +113,9 @@ class TokenEncoder(Protocol):
     """What the model actor needs: B preprocessed videos [T_b,3,S,S] in, padded tokens out.
 
     The result (a :class:`workers.cut3r.EncodedBatch`) has ``camera_tokens`` [B,T,1,C], ``patch_tokens`` [B,T,N,C]
-    (float32, or the compute dtype with ``keep_dtype``) and, with ``points=True``, ``points`` [B,T,N,3], and
-    ``to_host()``; :class:`workers.cut3r.Cut3rEncoder` is the real one.
+    (float32, or the compute dtype with ``keep_dtype``) and, with ``points=True``, ``points`` [B,T,N,3] and
+    ``camera_poses`` [B,T,4,4] (both in the first frame's camera), and ``to_host()``;
+    :class:`workers.cut3r.Cut3rEncoder` is the real one.
     """
 
     def encode(self, frames: list, *, points: bool = False, keep_dtype: bool = False) -> Any: ...  # points: CUT3R's point head
@@ -192,6 +194,8 @@ def run_identity(model: dict[str, Any], options: ExtractOptions) -> dict[str, An
     }
     if options.with_points:  # only then: a run without points keeps the identity (and meta bytes) it always had
         identity["points_source"] = options.points
+    if options.points == "cut3r":  # the pose head's camera-to-world of every frame, in frames.json
+        identity["estimated_poses"] = "cut3r"
     if options.precision != "fp32":
         identity["compute_precision"] = options.precision
     return identity
@@ -341,28 +345,38 @@ def encode_scenes(encoder: TokenEncoder, scenes: Sequence[DecodedScene], options
             results.append(SceneError("NonFiniteTokens", f"{scene.job.key}: the model produced non-finite tokens",
                                       scene.job.scene_dir))
             continue
-        points = scene.points
-        if options.points == "cut3r":
-            head = out.points[b, :t].float().numpy()                       # [T,N,3], first camera's frame
-            if not np.isfinite(head).all():
-                results.append(SceneError("NonFiniteTokens", f"{scene.job.key}: the point head produced non-finite "
-                                          "points", scene.job.scene_dir))
-                continue
-            first_pose = scene.frames[0]["camera_to_world"] if scene.frames[0]["valid"] else None
-            points = cut3r_patch_points(head, None if first_pose is None else
-                                        np.asarray(first_pose, np.float64).reshape(4, 4))
+        points, frames = scene.points, scene.frames
         meta = {**identity, "key": scene.job.key, "dataset": scene.job.dataset, "scene_id": scene.job.scene_id,
                 "num_frames": t, "source_sha256": scene.job.manifest_sha256}
         if options.points == "depth":
             meta["points_frames_without_depth"] = scene.frames_without_depth
+        if options.points == "cut3r":
+            head = out.points[b, :t].float().numpy()                       # [T,N,3], first camera's frame
+            poses = out.camera_poses[b, :t].float().numpy()                # [T,4,4], first camera's frame
+            if not (np.isfinite(head).all() and np.isfinite(poses).all()):
+                what = "point head produced non-finite points" if not np.isfinite(head).all() else \
+                    "pose head produced non-finite camera poses"
+                results.append(SceneError("NonFiniteTokens", f"{scene.job.key}: the {what}", scene.job.scene_dir))
+                continue
+            geometry = cut3r_geometry(head, poses, _sensor_pose(scene.frames[0]))
+            points, frames = geometry.points, with_estimated_poses(scene.frames, geometry.camera_to_world, "cut3r")
+            meta["points_frame"] = geometry.frame
         try:
             sample = TokenSample.from_float(
-                scene.job.key, camera, patch, scene.frames, meta, None if points is None else points.world,
+                scene.job.key, camera, patch, frames, meta, None if points is None else points.world,
                 scene.jpegs, None if points is None else points.cam0, None if points is None else points.valid)
             results.append(validate_sample(sample, where=scene.job.key))
         except Exception as exc:  # noqa: BLE001 - e.g. a model whose token grid differs from the identity
             results.append(SceneError.from_exception(exc))
     return results
+
+
+def _sensor_pose(row: dict[str, Any]) -> np.ndarray | None:
+    """A manifest row's camera-to-world [4, 4] (NaN where JSON has null), or None when the row has no valid pose."""
+    pose = row.get("camera_to_world")
+    if not row.get("valid") or not isinstance(pose, list) or len(pose) != 16:
+        return None
+    return np.asarray([np.nan if v is None else v for v in pose], np.float64).reshape(4, 4)
 
 
 def encode_items(encoder: TokenEncoder, items: Sequence[DecodedScene | SceneError], options: ExtractOptions,

@@ -58,7 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--with-frames", action="store_true", help="also store the squashed frames as JPEG")
     parser.add_argument("--points", choices=("none", "depth", "cut3r"), default="none",
                         help="also store a 3D point per patch (world and first-camera frames, with validity): from "
-                             "sensor depth and poses, or from CUT3R's point head")
+                             "sensor depth and poses, or from CUT3R's point head (which also adds the model's "
+                             "estimated camera poses to frames.json; for videos without poses the first frame's "
+                             "camera is the world)")
     parser.add_argument("--shard-bytes", type=parse_bytes, default=DEFAULT_SHARD_BYTES,
                         help="start a new shard before one would grow past this size (e.g. 500MB, 1GiB)")
     parser.add_argument("--retries", type=int, default=2, help="Ray retries of dead decode workers / model actors")

@@ -25,9 +25,15 @@ the readers store upright ``depth_fx..depth_cy``), so rotated ARKitScenes frames
 
 Layout (the token sample's ``points.npy``, ``points_cam0.npy``, ``points_valid.npy``): [T, 729, 3] float32 points in
 the scene's z-up world, the same points in the camera frame of the first manifest frame (OpenCV: x right, y down,
-z forward), and [T, 729] validity. Invalid entries are 0. A patch is invalid when its frame has no depth or no
+z forward), and [T, 729] validity. Invalid entries are 0. A depth patch is invalid when its frame has no depth or no
 finite pose, when no valid depth pixel falls in it, or when the first manifest frame has no finite pose (the camera-0
 frame is then undefined).
+
+CUT3R points (:func:`cut3r_geometry`): the point head's output is already in the first frame's camera, in the
+model's scale, and the pose head gives each frame's camera-to-world in that same frame. With a finite rigid sensor
+pose for the first manifest frame, both go to the z-up world through it (:data:`POINTS_FRAMES` ``"world_z_up"``);
+without one (plain videos) the first frame's camera is the only canonical space there is, so it *is* the world
+(``"camera0"``: ``points.npy`` equals ``points_cam0.npy``). CUT3R points are valid wherever they are finite.
 """
 from __future__ import annotations
 
@@ -39,6 +45,9 @@ import pyarrow as pa
 
 PATCH_GRID = 27                # patches per side: input 432 / patch 16
 POINTS_SOURCES = ("depth", "cut3r")
+# The frame of ``points.npy`` (and of CUT3R's estimated poses): the scene's z-up world, or the first manifest frame's
+# OpenCV camera when the scene has no sensor pose for it.
+POINTS_FRAMES = ("world_z_up", "camera0")
 SURFACE_TOLERANCE = 0.05       # a patch's pixels within this fraction of its median depth are the surface it sees
 
 
@@ -211,13 +220,27 @@ def manifest_patch_points(frame_rows: pa.Table, depths: Sequence[np.ndarray | No
                                poses, grid)
 
 
-def cut3r_patch_points(points_cam0: np.ndarray, first_camera_to_world: np.ndarray | None) -> PatchPoints:
-    """CUT3R's point-head output [T, N, 3] (the first frame's camera frame, the model's metric scale) in the same
-    layout: world points through the first manifest frame's pose, valid where finite."""
+@dataclass(frozen=True)
+class Cut3rGeometry:
+    points: PatchPoints
+    camera_to_world: np.ndarray  # [T, 4, 4] float64: the pose head's poses, in the frame of points.world
+    frame: str                   # one of POINTS_FRAMES
+
+
+def cut3r_geometry(points_cam0: np.ndarray, camera_poses_cam0: np.ndarray,
+                   first_camera_to_world: np.ndarray | None) -> Cut3rGeometry:
+    """CUT3R's point-head output [T, N, 3] and pose-head camera-to-world poses [T, 4, 4], both in the first frame's
+    camera (the model's scale), in the stored layout: through the first manifest frame's sensor pose into the z-up
+    world when it is finite and rigid, else with camera 0 as the world (see the module docstring). Points are valid
+    where finite; the poses must be finite (the caller turns a diverged head into an error)."""
     points_cam0 = np.asarray(points_cam0, np.float64)
+    poses = np.asarray(camera_poses_cam0, np.float64)
+    if poses.shape != (points_cam0.shape[0], 4, 4):
+        raise ValueError(f"expected one 4x4 pose per frame ({points_cam0.shape[0]}), got shape {list(poses.shape)}")
     valid = np.isfinite(points_cam0).all(axis=-1)
     safe = np.where(valid[..., None], points_cam0, 0.0)
     if not _finite_rigid(first_camera_to_world):
-        return _assemble(safe, valid, None)
-    world = _to_world(safe, np.asarray(first_camera_to_world, np.float64).reshape(4, 4))
-    return _assemble(world, valid, first_camera_to_world)
+        points = PatchPoints(world=safe.astype(np.float32), cam0=safe.astype(np.float32), valid=valid)
+        return Cut3rGeometry(points, poses, "camera0")
+    c2w0 = np.asarray(first_camera_to_world, np.float64).reshape(4, 4)
+    return Cut3rGeometry(_assemble(_to_world(safe, c2w0), valid, c2w0), c2w0 @ poses, "world_z_up")

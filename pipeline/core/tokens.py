@@ -22,12 +22,25 @@ Members of a sample:
   the largest magnitude over the frame's tokens divided by the codec's largest code (448 or 127), so each frame's
   channel uses the codec's whole range. A token decodes to ``code * scale`` (float32).
 - ``frames.json``: the frame manifest rows (rank, frame_index, timestamp, camera_to_world, valid), T of them.
+  ``camera_to_world`` is always the *sensor* pose from the scene (16 floats, row-major, OpenCV camera, z-up world;
+  16 nulls and ``valid`` false where the scene has none, e.g. plain videos). With CUT3R points
+  (``meta["estimated_poses"] == "cut3r"``) every row also carries the model's own estimate, never mixed with it:
+
+  * ``estimated_camera_to_world``: 16 floats, row-major 4x4 camera-to-world (OpenCV camera, a rigid rotation and the
+    model's scale), in the frame ``meta["points_frame"]`` names, the frame of ``points.npy``;
+  * ``estimated_pose_source``: ``"cut3r"`` (the pose head).
+
+  The pose head is trained to give frame 0 the identity in camera 0; nothing forces it, so a randomly initialised
+  model gives any rigid pose there.
 - ``meta.json``: model id, checkpoint sha256, model config, preprocessing / input size, dtype (the codec), code
-  version.
+  version; with CUT3R points also ``estimated_poses`` ("cut3r") and ``points_frame`` (below).
 - ``points.npy`` [T, N, 3] float32, ``points_cam0.npy`` [T, N, 3] float32, ``points_valid.npy`` [T, N] bool
-  (optional, all three or none; ``meta["with_points"]``): one 3D point per patch in the scene's z-up world and in the
-  first manifest frame's camera frame, and where it is valid (invalid entries are 0); ``meta["points_source"]`` says
-  where they come from: "depth" (sensor depth and poses) or "cut3r" (the model's point head). See
+  (optional, all three or none; ``meta["with_points"]``): one 3D point per patch in the world and in the first
+  manifest frame's camera frame, and where it is valid (invalid entries are 0); ``meta["points_source"]`` says where
+  they come from: "depth" (sensor depth and poses) or "cut3r" (the model's point head). ``meta["points_frame"]``
+  (CUT3R points only; absent means "world_z_up") names the world: "world_z_up" (the scene's z-up world, through the
+  first manifest frame's sensor pose) or "camera0" (a scene without a sensor pose for its first frame, such as a
+  plain video: the first frame's camera is the world, and ``points.npy`` equals ``points_cam0.npy``). See
   :mod:`pipeline.core.patch_points`.
 - ``frame_000.jpg`` ... (optional): the 384x384 RGB frames the trainer's vision tower reads.
 
@@ -46,7 +59,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import numpy as np
 
 from pipeline.core.atomic import atomic_open, dumps_json
-from pipeline.core.patch_points import POINTS_SOURCES
+from pipeline.core.patch_points import POINTS_FRAMES, POINTS_SOURCES
 from pipeline.core.shards import (ShardError, ShardWriter, checked_shards, iter_raw_samples, load_npy, npy_bytes,
                                   read_index)
 
@@ -79,6 +92,21 @@ TOKEN_CODECS: dict[str, TokenCodec] = {codec.name: codec for codec in (
     TokenCodec("int8", np.dtype(np.int8), "int8_scaled", INT8_MAX),
 )}
 _DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "fp8_e4m3": "float8_e4m3"}
+
+ESTIMATED_POSE_SOURCES = ("cut3r",)
+RIGID_TOLERANCE = 1e-3                  # |R^T R - I| and |det R - 1| of a stored estimated pose
+
+
+def with_estimated_poses(frames: list[dict[str, Any]], camera_to_world: np.ndarray,
+                         source: str) -> list[dict[str, Any]]:
+    """frames.json rows with a model's camera-to-world [T, 4, 4] added as ``estimated_camera_to_world`` and
+    ``estimated_pose_source`` (the rows' sensor ``camera_to_world`` is left as it is)."""
+    poses = np.asarray(camera_to_world, np.float64)
+    if poses.shape != (len(frames), 4, 4):
+        raise ValueError(f"expected {len(frames)} poses [T, 4, 4], got shape {list(poses.shape)}")
+    return [{**row, "estimated_camera_to_world": [float(v) for v in pose.reshape(16)], "estimated_pose_source": source}
+            for row, pose in zip(frames, poses)]
+
 
 REQUIRED_META = ("key", "dataset", "scene_id", "model_id", "checkpoint_sha256", "dtype", "storage", "num_frames",
                  "num_patches", "token_width", "input_size", "with_points", "with_frames", "code_version")
@@ -385,6 +413,7 @@ def validate_sample(sample: TokenSample, where: str, expect: Mapping[str, Any] |
     if ranks != list(range(t)):
         raise ShardError(where, f"frames.json ranks are not 0..{t - 1} in order")
     _validate_points(sample, where, t, n)
+    _validate_estimated_poses(sample, where)
     n_jpegs = len(sample.jpegs) if sample.jpegs is not None else 0
     if bool(meta["with_frames"]) != (sample.jpegs is not None) or (sample.jpegs is not None and n_jpegs != t):
         raise ShardError(where, f"meta with_frames={meta['with_frames']} with {t} frames, but the sample has "
@@ -414,6 +443,48 @@ def _validate_points(sample: TokenSample, where: str, t: int, n: int) -> None:
         if array.dtype != dtype or tuple(array.shape) != shape:
             raise ShardError(where, f"{name} is {array.dtype} {list(array.shape)}, expected "
                                     f"{np.dtype(dtype)} {list(shape)}")
+
+
+def _validate_estimated_poses(sample: TokenSample, where: str) -> None:
+    """Estimated poses come with CUT3R points, in every frame row, rigid and marked with their source; the points'
+    frame is named, and a "camera0" world is camera 0 itself."""
+    meta = sample.meta
+    source = meta.get("estimated_poses")
+    marked = [row["rank"] for row in sample.frames
+              if "estimated_camera_to_world" in row or "estimated_pose_source" in row]
+    if source is None:
+        if marked or "points_frame" in meta:
+            raise ShardError(where, f"meta.json has no estimated_poses, but frames.json rows {marked[:5]} carry "
+                                    f"estimated poses or meta.json a points_frame")
+        return
+    if source not in ESTIMATED_POSE_SOURCES or not meta["with_points"] or meta.get("points_source") != source:
+        raise ShardError(where, f"meta estimated_poses is {source!r} with points_source "
+                                f"{meta.get('points_source')!r}; expected one of {list(ESTIMATED_POSE_SOURCES)}, "
+                                f"the same as points_source")
+    if meta.get("points_frame") not in POINTS_FRAMES:
+        raise ShardError(where, f"meta points_frame is {meta.get('points_frame')!r}, expected one of "
+                                f"{list(POINTS_FRAMES)}")
+    for row in sample.frames:
+        pose = row.get("estimated_camera_to_world")
+        problem = None
+        if row.get("estimated_pose_source") != source:
+            problem = f"estimated_pose_source is {row.get('estimated_pose_source')!r}, expected {source!r}"
+        elif not (isinstance(pose, list) and len(pose) == 16
+                  and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pose)):
+            problem = "estimated_camera_to_world is not a list of 16 numbers"
+        else:
+            c2w = np.asarray(pose, np.float64).reshape(4, 4)
+            rot = c2w[:3, :3]
+            if not np.isfinite(c2w).all():
+                problem = "estimated_camera_to_world is not finite"
+            elif (np.abs(c2w[3] - [0.0, 0.0, 0.0, 1.0]).max() > 1e-6
+                  or np.abs(rot.T @ rot - np.eye(3)).max() > RIGID_TOLERANCE
+                  or abs(np.linalg.det(rot) - 1.0) > RIGID_TOLERANCE):
+                problem = "estimated_camera_to_world is not a rigid camera-to-world matrix"
+        if problem is not None:
+            raise ShardError(where, f"frames.json rank {row['rank']}: {problem}")
+    if meta["points_frame"] == "camera0" and not np.array_equal(sample.points, sample.points_cam0):
+        raise ShardError(where, "meta points_frame is 'camera0', but points.npy differs from points_cam0.npy")
 
 
 def write_sample(writer: ShardWriter, sample: TokenSample) -> None:

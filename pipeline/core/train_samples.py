@@ -11,7 +11,8 @@ ROOT/train_shards/qa_counts.json        questions per shard and key (the trainer
 
 - ``meta.json``, ``frames.json``, ``camera.npy``, ``patch.npy`` (and ``camera_scale.npy``, ``patch_scale.npy`` for
   the scaled token codecs): the token sample's (:mod:`pipeline.core.tokens`), meta extended with ``train`` (code
-  version, question count, visual input, vision model).
+  version, question count, visual input, vision model); frames.json byte for byte, CUT3R's estimated poses
+  (``estimated_camera_to_world``, beside the sensor ``camera_to_world``) included.
 - ``video.json``: ``{"duration_s", "frame_times_s"}`` from the scene's frame timestamps (seconds from its first
   frame; the duration counts N frame periods for N frames, as LLaVA-Video's ``total_frames / fps``), both ``null``
   when the source has no finite timestamps (the time instruction is then left out).

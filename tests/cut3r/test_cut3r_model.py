@@ -7,6 +7,7 @@ import torch
 
 from workers.cut3r import (Cut3rConfig, Cut3rConfigError, Cut3rEncoder, PreprocessConfig, full_config,
                            parse_model_string, patch_points, preprocess_frames, random_model, tiny_config)
+from workers.cut3r.heads import pose_to_matrix
 
 # README tolerances (max abs, float32 CPU)
 TOKEN_TOL = 2e-4
@@ -134,6 +135,52 @@ def test_encoder_api_lists_and_points():
     pts, conf = patch_points(ref.heads["pts3d_in_other_view"][0], ref.heads["conf"][0], 16)
     torch.testing.assert_close(out.points[1], pts, rtol=0, atol=1e-5)
     assert not out.points[0, 2].any()
+
+
+def _rotation_of_quaternion(q_wxyz: np.ndarray) -> np.ndarray:
+    """The rotation of a unit quaternion (w, x, y, z), written out from the textbook formula in float64."""
+    w, x, y, z = np.asarray(q_wxyz, np.float64) / np.linalg.norm(q_wxyz)
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+
+
+@pytest.mark.parametrize("suffix", ["", "_32x48"])
+def test_encoder_camera_poses_are_the_official_pose_head_outputs_as_matrices(tiny_model, tiny_dir, suffix):
+    """``camera_poses`` [B,T,4,4] = the golden ``camera_pose`` (t, q_wxyz) as camera-to-world matrices. Frame 0 of
+    the fixture is a general rotation: the official model does not force it to the identity."""
+    inputs = np.load(tiny_dir / f"inputs{suffix}.npz")
+    ref = np.load(tiny_dir / f"outputs{suffix}.npz")["camera_pose"][:, 0]       # [F,7]
+    out = Cut3rEncoder(tiny_model).encode(torch.from_numpy(inputs["frames"]).transpose(0, 1), points=True)
+    ours = out.camera_poses[0].double().numpy()                                 # [F,4,4]
+    assert out.camera_poses.shape == (1, len(ref), 4, 4) and out.camera_poses.dtype == torch.float32
+    for frame, pose in enumerate(ref):
+        np.testing.assert_allclose(ours[frame, :3, 3], pose[:3], rtol=0, atol=5e-5)
+        np.testing.assert_allclose(ours[frame, :3, :3], _rotation_of_quaternion(pose[3:]), rtol=0, atol=1e-4)
+        np.testing.assert_array_equal(ours[frame, 3], [0, 0, 0, 1])
+    assert np.abs(ours[:, :3, :3] @ ours[:, :3, :3].transpose(0, 2, 1) - np.eye(3)).max() < 1e-5
+    assert np.abs(ours[0, :3, :3] - np.eye(3)).max() > 0.1
+
+
+def test_pose_to_matrix_by_hand_and_padded_frames():
+    half = np.pi / 8                                              # a quarter turn about z
+    pose = torch.tensor([[1.0, 2.0, 3.0, np.cos(half), 0.0, 0.0, np.sin(half)]], dtype=torch.float64)
+    expected = np.array([[np.sqrt(0.5), -np.sqrt(0.5), 0, 1], [np.sqrt(0.5), np.sqrt(0.5), 0, 2], [0, 0, 1, 3],
+                         [0, 0, 0, 1]])
+    np.testing.assert_allclose(pose_to_matrix(pose)[0].numpy(), expected, atol=1e-12)
+    scaled = pose.clone()
+    scaled[:, 3:] *= 3.0                                          # an unnormalised quaternion: the same rotation
+    np.testing.assert_allclose(pose_to_matrix(scaled)[0].numpy(), expected, atol=1e-12)
+
+    model = random_model(tiny_config(), seed=3)
+    videos = [torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(n)) * 2 - 1 for n in (3, 2)]
+    out = Cut3rEncoder(model).encode(videos, points=True)
+    assert out.camera_poses.shape == (2, 3, 4, 4) and torch.isfinite(out.camera_poses).all()
+    assert not out.camera_poses[1, 2].any()                       # past the second video's length: zeros
+    with torch.inference_mode():
+        alone = model(videos[1][None], heads=("pose",)).heads["camera_pose"][0]
+    torch.testing.assert_close(out.camera_poses[1, :2], pose_to_matrix(alone), rtol=0, atol=1e-5)
+    assert Cut3rEncoder(model).encode(videos).camera_poses is None  # tokens only: no heads run
 
 
 def test_preprocess_matches_fixture_normalisation(tiny_dir):

@@ -58,8 +58,9 @@ def extract(root: Path, *extra: str) -> int:
     return cli_main(["extract", "--root", str(root), *BASE, *extra])
 
 
-def reference_tokens(root: Path, dataset: str, scene_id: str) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """The scene's manifest frames run through the model alone (batch of one), outside the stage."""
+def reference_run(root: Path, dataset: str, scene_id: str, points: bool = False):
+    """The scene's manifest frames run through the model alone (batch of one), outside the stage: the encoder's
+    output for the one video and the manifest rows."""
     from pipeline.core.frames import decode_colors
     from workers.cut3r.preprocess import PreprocessConfig
 
@@ -67,8 +68,7 @@ def reference_tokens(root: Path, dataset: str, scene_id: str) -> tuple[np.ndarra
     manifest = read_manifest(scene_dir)
     images = decode_colors(manifest_frames(read_table(scene_dir / "frames.parquet", FRAMES_SCHEMA), manifest))
     pixels = preprocess_frames(np.stack(images), PreprocessConfig(size=SIZE, squash_size=SQUASH))
-    out = Cut3rEncoder(random_model(tiny_config(), seed=0)).encode([pixels])
-    return out.camera_tokens[0].numpy(), out.patch_tokens[0].numpy(), manifest.to_pylist()
+    return Cut3rEncoder(random_model(tiny_config(), seed=0)).encode([pixels], points=points), manifest.to_pylist()
 
 
 def test_stage_tokens_match_the_model_and_shards_do_not_depend_on_workers(ray_local, template, tmp_path):
@@ -87,7 +87,8 @@ def test_stage_tokens_match_the_model_and_shards_do_not_depend_on_workers(ray_lo
     samples = list(iter_samples(one / "tokens", expect={"checkpoint_sha256": sha, "dtype": "float32"}))
     assert [s.key for s in samples] == [scene_key(d, s) for d, s in scenes]
     for sample, (dataset, scene_id) in zip(samples, scenes):
-        camera, patch, rows = reference_tokens(one, dataset, scene_id)
+        out, rows = reference_run(one, dataset, scene_id, points=True)
+        camera, patch = out.camera_tokens[0].numpy(), out.patch_tokens[0].numpy()
         t = len(rows)
         assert sample.camera.shape == (t, 1, 32) and sample.patch.shape == (t, 16, 32)
         # batched in lock-step with other videos vs alone: equal up to float32 reduction order
@@ -101,6 +102,12 @@ def test_stage_tokens_match_the_model_and_shards_do_not_depend_on_workers(ray_lo
         np.testing.assert_allclose(sample.points[sample.points_valid],
                                    sample.points_cam0[sample.points_valid] @ first_pose[:3, :3].T + first_pose[:3, 3],
                                    atol=1e-4)
+        # scans keep their sensor poses in camera_to_world; the model's own go beside them, through the first one
+        assert sample.meta["points_frame"] == "world_z_up" and sample.meta["estimated_poses"] == "cut3r"
+        assert all(r["estimated_pose_source"] == "cut3r" for r in sample.frames)
+        estimated = np.array([r["estimated_camera_to_world"] for r in sample.frames]).reshape(t, 4, 4)
+        np.testing.assert_allclose(estimated, first_pose @ out.camera_poses[0].double().numpy(), atol=1e-4)
+        np.testing.assert_allclose(sample.points_cam0, out.points[0].numpy(), atol=1e-4)
         assert [img.shape for img in sample.images()] == [(SQUASH, SQUASH, 3)] * t
         assert sample.meta["model_id"] == "cut3r-random-tiny-seed0" and sample.meta["input_size"] == SIZE
 
@@ -316,7 +323,7 @@ def test_killed_driver_leaves_debris_that_the_rerun_cleans_up(template, clean_ha
     assert file_hashes(tokens) == clean_hashes
 
 
-def test_non_finite_points_become_an_error_not_a_sample():
+def test_non_finite_points_or_poses_become_an_error_not_a_sample():
     from types import SimpleNamespace
 
     from workers.extract import DecodedScene, SceneError, SceneJob, encode_scenes, run_identity
@@ -327,15 +334,21 @@ def test_non_finite_points_become_an_error_not_a_sample():
     rows = [{"rank": i, "frame_index": i, "timestamp": 0.0, "camera_to_world": [0.0] * 16, "valid": True}
             for i in range(t)]
     scenes = [DecodedScene(SceneJob("scannet", f"scene000{i}_00", f"scannet_scene000{i}_00", "/nowhere"),
-                           np.zeros((t, 3, SIZE, SIZE), np.float32), rows) for i in range(2)]
-    points = torch.zeros(2, t, n, 3)
+                           np.zeros((t, 3, SIZE, SIZE), np.float32), rows) for i in range(3)]
+    points = torch.zeros(3, t, n, 3)
     points[1, 1, 3, 2] = float("nan")  # the second scene's point head diverged on one patch
-    out = EncodedBatch(camera_tokens=torch.zeros(2, t, 1, c), patch_tokens=torch.zeros(2, t, n, c),
-                       lengths=torch.tensor([t, t]), points=points)
+    poses = torch.eye(4).repeat(3, t, 1, 1)
+    poses[2, 1, 0, 3] = float("inf")   # the third scene's pose head diverged on one frame
+    out = EncodedBatch(camera_tokens=torch.zeros(3, t, 1, c), patch_tokens=torch.zeros(3, t, n, c),
+                       lengths=torch.tensor([t, t, t]), points=points, camera_poses=poses)
     encoder = SimpleNamespace(encode=lambda frames, points=False, keep_dtype=False: out)
-    good, bad = encode_scenes(encoder, scenes, options, identity)
+    good, bad_points, bad_poses = encode_scenes(encoder, scenes, options, identity)
     assert good.points.shape == (t, n, 3)
-    assert isinstance(bad, SceneError) and "non-finite points" in bad.message
+    # a first pose that is "valid" but not a rotation (all zeros) is no pose: camera 0 is the world
+    assert good.meta["points_frame"] == "camera0"
+    assert [r["estimated_camera_to_world"] for r in good.frames] == [list(np.eye(4).ravel())] * t
+    assert isinstance(bad_points, SceneError) and "non-finite points" in bad_points.message
+    assert isinstance(bad_poses, SceneError) and "non-finite camera poses" in bad_poses.message
 
 
 def test_token_codecs_of_the_stage_and_no_mixing_in_one_folder(template, tmp_path, capsys):

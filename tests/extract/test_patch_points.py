@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.core.patch_points import (PATCH_GRID, cut3r_patch_points, depth_patch_points, frames_patch_points,
+from pipeline.core.patch_points import (PATCH_GRID, cut3r_geometry, depth_patch_points, frames_patch_points,
                                         manifest_patch_points, patch_index_of_pixels)
 from pipeline.sources.synthetic import generate_scene
 from scene_graph.geometry import rasterize_triangles
@@ -141,18 +141,52 @@ def test_frames_without_depth_or_pose_give_invalid_points_never_a_crash(synth):
     assert not no_first.valid.any()
 
 
-def test_cut3r_points_in_the_same_layout():
+def _rigid(rng, angle: float) -> np.ndarray:
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    pose = np.eye(4)
+    pose[:3, :3] = np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k    # Rodrigues
+    pose[:3, 3] = rng.normal(size=3)
+    return pose
+
+
+def test_cut3r_points_and_poses_through_the_first_sensor_pose():
     rng = np.random.default_rng(0)
     cam0 = rng.normal(size=(2, G * G, 3))
     cam0[1, 5] = np.nan
+    poses = np.stack([_rigid(rng, 0.1), _rigid(rng, 0.7)])         # the pose head's, in camera 0
     c2w0 = np.eye(4)
     c2w0[:3, :3] = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
     c2w0[:3, 3] = [1.0, 2.0, 1.5]
-    points = cut3r_patch_points(cam0, c2w0)
-    assert points.valid.sum() == 2 * G * G - 1 and not points.valid[1, 5]
+    geometry = cut3r_geometry(cam0, poses, c2w0)
+    points = geometry.points
+    assert geometry.frame == "world_z_up"
+    assert points.valid.sum() == 2 * G * G - 1 and not points.valid[1, 5] and not points.world[1, 5].any()
     np.testing.assert_allclose(points.cam0[points.valid], cam0[points.valid], atol=1e-6)
     np.testing.assert_allclose(points.world[points.valid], cam0[points.valid] @ c2w0[:3, :3].T + c2w0[:3, 3],
                                atol=1e-6)
+    # A point and the camera that sees it move together: camera coordinates are the same in either frame.
+    np.testing.assert_allclose(geometry.camera_to_world, c2w0 @ poses, atol=1e-12)
+    in_camera1 = (points.world[0] - geometry.camera_to_world[1, :3, 3]) @ geometry.camera_to_world[1, :3, :3]
+    np.testing.assert_allclose(in_camera1, (cam0[0] - poses[1, :3, 3]) @ poses[1, :3, :3], atol=1e-5)
+
+
+@pytest.mark.parametrize("first_pose", [None, np.full((4, 4), np.nan)])
+def test_cut3r_without_a_first_sensor_pose_camera0_is_the_world(first_pose):
+    rng = np.random.default_rng(1)
+    cam0 = rng.normal(size=(3, G * G, 3))
+    cam0[2, 0, 1] = np.inf
+    poses = np.stack([_rigid(rng, a) for a in (0.05, 0.3, 0.9)])
+    geometry = cut3r_geometry(cam0, poses, first_pose)
+    assert geometry.frame == "camera0"
+    assert geometry.points.valid.sum() == 3 * G * G - 1 and not geometry.points.valid[2, 0]
+    np.testing.assert_array_equal(geometry.points.world, geometry.points.cam0)
+    np.testing.assert_array_equal(geometry.points.cam0[geometry.points.valid],
+                                  cam0[geometry.points.valid].astype(np.float32))
+    np.testing.assert_array_equal(geometry.camera_to_world, poses)
+    with pytest.raises(ValueError, match="one 4x4 pose per frame"):
+        cut3r_geometry(cam0, poses[:2], first_pose)
 
 
 def test_rotated_arkitscenes_frames_through_the_reader(tmp_path):

@@ -17,7 +17,7 @@ from pipeline.core.shards import (MARKER_DIR, ShardError, ShardRecord, ShardWrit
                                   shard_paths, write_index)
 from pipeline.core.tokens import (TokenSample, bf16_bits_to_float32, decode_tokens, encode_tokens, float32_to_bf16_bits,
                                   iter_samples, read_shard, sample_from_wds, sample_members,
-                                  tokens_as_torch, write_sample)
+                                  tokens_as_torch, validate_sample, with_estimated_poses, write_sample)
 
 SHA = "ab" * 32
 
@@ -243,6 +243,76 @@ def test_writer_refuses_invalid_samples(tmp_path):
     short.jpegs = short.jpegs[:2]
     with pytest.raises(ShardError, match="2 JPEG frames"):
         write_sample(ShardWriter(tmp_path, max_shard_bytes=10**6), short)
+
+
+def _cut3r_video_sample() -> TokenSample:
+    """A pose-less video's sample with CUT3R points (camera 0 is the world) and the model's estimated poses."""
+    sample = make_sample("video_phone__IMG_0001")
+    sample.points_cam0 = sample.points.copy()
+    sample.frames = with_estimated_poses(
+        [{**row, "camera_to_world": [None] * 16, "valid": False} for row in sample.frames],
+        np.stack([np.eye(4), _pose(0.2, [0.1, 0.0, 0.3]), _pose(0.4, [0.2, -0.1, 0.6])]), "cut3r")
+    sample.meta.update(points_source="cut3r", estimated_poses="cut3r", points_frame="camera0")
+    return sample
+
+
+def _pose(angle: float, t) -> np.ndarray:
+    pose = np.eye(4)
+    pose[:3, :3] = [[np.cos(angle), 0, np.sin(angle)], [0, 1, 0], [-np.sin(angle), 0, np.cos(angle)]]
+    pose[:3, 3] = t
+    return pose
+
+
+def _changed(sample: TokenSample, meta=None, rank=None, row=None, points=None) -> TokenSample:
+    import copy
+
+    out = copy.deepcopy(sample)
+    out.meta.update(meta or {})
+    for key in [k for k, v in (meta or {}).items() if v is None]:
+        del out.meta[key]
+    if rank is not None:
+        out.frames[rank].update(row)
+        for key in [k for k, v in row.items() if v is None]:
+            del out.frames[rank][key]
+    if points is not None:
+        out.points = points
+    return out
+
+
+def test_estimated_poses_round_trip_beside_the_sensor_poses(tmp_path):
+    sample = _cut3r_video_sample()
+    write_samples(tmp_path, [sample])
+    (got,) = list(iter_samples(tmp_path))
+    assert got.frames == sample.frames and got.meta["points_frame"] == "camera0"
+    assert [r["camera_to_world"] for r in got.frames] == [[None] * 16] * 3      # the sensor pose stays missing
+    np.testing.assert_array_equal(np.array(got.frames[1]["estimated_camera_to_world"]).reshape(4, 4),
+                                  _pose(0.2, [0.1, 0.0, 0.3]))
+    # a sample without CUT3R points cannot carry estimated poses either
+    plain = make_sample("scannet_scene0000_00")
+    plain.frames = with_estimated_poses(plain.frames, np.stack([np.eye(4)] * 3), "cut3r")
+    with pytest.raises(ShardError, match="has no estimated_poses"):
+        validate_sample(plain, "plain")
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(meta={"estimated_poses": None, "points_frame": None}), "meta.json has no estimated_poses, but frames.json "
+                                                                 "rows [0, 1, 2] carry estimated poses"),
+    (dict(meta={"points_source": "depth"}), "meta estimated_poses is 'cut3r' with points_source 'depth'"),
+    (dict(meta={"points_frame": "world"}), "meta points_frame is 'world'"),
+    (dict(meta={"points_frame": None}), "meta points_frame is None"),
+    (dict(rank=1, row={"estimated_pose_source": None}), "rank 1: estimated_pose_source is None"),
+    (dict(rank=2, row={"estimated_camera_to_world": [1.0] * 12}), "rank 2: estimated_camera_to_world is not a list "
+                                                                   "of 16 numbers"),
+    (dict(rank=2, row={"estimated_camera_to_world": list((_pose(0.4, [0, 0, 0]) * 1.1).ravel())}),
+     "rank 2: estimated_camera_to_world is not a rigid camera-to-world matrix"),
+    (dict(points=np.zeros((3, 4, 3), np.float32)), "points_frame is 'camera0', but points.npy differs"),
+])
+def test_estimated_poses_are_validated(change, message):
+    good = _cut3r_video_sample()
+    validate_sample(good, "here")
+    with pytest.raises(ShardError, match="here") as info:
+        validate_sample(_changed(good, **change), "here")
+    assert message in str(info.value)
 
 
 def test_more_than_a_thousand_jpeg_frames_read_back_in_rank_order(tmp_path):

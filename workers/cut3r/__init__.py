@@ -15,6 +15,7 @@ Public API (what the extraction stage uses)::
     out.camera_tokens   # [B,T,1,768]   (frames past a video's length are zeros; out.lengths [B])
     out.patch_tokens    # [B,T,729,768] row-major patches (index = y*27 + x)
     encoder.encode(frames_btchw, lengths, points=True).points      # + per-patch 3D points [B,T,729,3]
+    #   and .camera_poses [B,T,4,4]: each frame's camera-to-world, both in the first frame's camera
 
 Lower level: :class:`Cut3rModel` (``model(frames [B,T,3,H,W], lengths, heads=..., img_mask=, update=, reset=)`` and
 ``model.step(state, images [B,3,H,W], ...)`` for one frame), :func:`read_checkpoint`, :func:`load_manifest`,

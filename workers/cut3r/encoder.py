@@ -8,6 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from workers.cut3r.config import Cut3rConfig
+from workers.cut3r.heads import pose_to_matrix
 from workers.cut3r.model import Cut3rModel, RecurrentState, StepOutput
 
 
@@ -20,12 +21,15 @@ class EncodedBatch:
     lengths: torch.Tensor  # [B] int64
     points: torch.Tensor | None = None  # [B,T,N,3] metres-ish, first frame's camera (OpenCV axes), float32
     points_conf: torch.Tensor | None = None  # [B,T,N] mean confidence of each patch's pixels
+    # [B,T,4,4] float32, the pose head's camera-to-world of each frame in the first frame's camera (OpenCV axes, the
+    # points' scale); zeros past a video's length. The model's estimate: frame 0 is near identity only when trained.
+    camera_poses: torch.Tensor | None = None
 
     def to_host(self) -> "EncodedBatch":
         """Every tensor in host memory, dtypes kept: from a GPU, copied into pinned memory asynchronously, then one
         synchronisation (a bf16 batch moves half the bytes of a float32 one)."""
         tensors = {name: getattr(self, name) for name in ("camera_tokens", "patch_tokens", "lengths", "points",
-                                                          "points_conf")}
+                                                          "points_conf", "camera_poses")}
         devices = {t.device.type for t in tensors.values() if t is not None}
         if devices <= {"cpu"}:
             return self
@@ -134,7 +138,8 @@ class Cut3rEncoder:
         ``frames``: preprocessed float [B,T,3,S,S] (see :func:`workers.cut3r.preprocess.preprocess_frames`) with
         ``lengths`` [B], or a list of B tensors [T_b,3,S,S] (padded here), in host or device memory (host frames
         are copied to a GPU chunk by chunk, overlapped with the encoder). ``points=True`` also runs the point head
-        (``dpt_cross`` + pose-conditioned blocks) and returns per-patch 3D points in the first frame's camera.
+        (``dpt_cross`` + pose-conditioned blocks) and the pose head, and returns per-patch 3D points and each frame's
+        camera-to-world pose, both in the first frame's camera.
         Tokens are float32 unless ``keep_dtype`` (then in the compute dtype); they stay on the model's device.
         """
         if isinstance(frames, (list, tuple)):
@@ -148,7 +153,8 @@ class Cut3rEncoder:
         b, t = frames.shape[:2]
         lengths_t = (torch.full((b,), t, dtype=torch.long) if lengths is None
                      else torch.as_tensor(lengths, dtype=torch.long)).to(self.device)
-        out = self.model(frames, lengths_t, heads=("cross",) if points else False, encoder_chunk=self.encoder_chunk)
+        out = self.model(frames, lengths_t, heads=("cross", "pose") if points else False,
+                         encoder_chunk=self.encoder_chunk)
         cast = (lambda x: x) if keep_dtype else (lambda x: x.float())
         result = EncodedBatch(cast(out.camera_token), cast(out.patch_tokens), lengths_t)
         if points:
@@ -156,6 +162,9 @@ class Cut3rEncoder:
             conf = out.heads["conf"].flatten(0, 1).float()
             p, c = patch_points(pts, conf, self.config.patch_size)  # padded frames stay zeros
             result.points, result.points_conf = p.unflatten(0, (b, t)), c.unflatten(0, (b, t))
+            frame_valid = torch.arange(t, device=lengths_t.device)[None] < lengths_t[:, None]  # [B,T]
+            poses = pose_to_matrix(out.heads["camera_pose"].float())  # padded frames (zero quaternion): NaN here
+            result.camera_poses = torch.where(frame_valid[..., None, None], poses, torch.zeros_like(poses))
         return result
 
 

@@ -5,7 +5,8 @@ pose token in front), the image size and the patch RoPE table, and return a dict
 
 * ``pts3d_in_self_view`` [B,H,W,3] and ``conf_self`` [B,H,W]: points in the frame's own camera;
 * ``pts3d_in_other_view`` [B,H,W,3] and ``conf`` [B,H,W]: points in the first frame's camera (the "world");
-* ``rgb`` [B,H,W,3] in (-1, 1); ``camera_pose`` [B,7] = (t, q_wxyz), camera-to-world, qw >= 0.
+* ``rgb`` [B,H,W,3] in (-1, 1); ``camera_pose`` [B,7] = (t, q_wxyz), camera-to-world, qw >= 0, in the first
+  frame's camera (OpenCV axes, the model's scale); :func:`pose_to_matrix` makes it a 4x4 matrix.
 
 ``parts`` selects what to compute: ``"self"``, ``"cross"``, ``"rgb"``, ``"pose"`` (``"cross"`` implies the pose MLP's
 input only, not its output).
@@ -69,6 +70,24 @@ def postprocess_pose(out: torch.Tensor, mode: tuple) -> torch.Tensor:
     quats = F.normalize(quats, p=2, dim=-1)
     quats = torch.where(quats[..., 0:1] < 0, -quats, quats)
     return torch.cat([trans * scale, quats], dim=-1)
+
+
+def pose_to_matrix(pose: torch.Tensor) -> torch.Tensor:
+    """``camera_pose`` [...,7] = (t, q_wxyz) -> camera-to-world [...,4,4], as the official ``pose_encoding_to_camera``
+    builds it (``R`` from the quaternion scaled by 2/|q|^2, so an unnormalised one gives the same rotation)."""
+    t, q = pose[..., :3], pose[..., 3:7]
+    r, i, j, k = q.unbind(-1)
+    two_s = 2.0 / (q * q).sum(-1)
+    rot = torch.stack((
+        1 - two_s * (j * j + k * k), two_s * (i * j - k * r), two_s * (i * k + j * r),
+        two_s * (i * j + k * r), 1 - two_s * (i * i + k * k), two_s * (j * k - i * r),
+        two_s * (i * k - j * r), two_s * (j * k + i * r), 1 - two_s * (i * i + j * j),
+    ), -1).unflatten(-1, (3, 3))
+    out = torch.zeros(pose.shape[:-1] + (4, 4), dtype=pose.dtype, device=pose.device)
+    out[..., :3, :3] = rot
+    out[..., :3, 3] = t
+    out[..., 3, 3] = 1
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------------

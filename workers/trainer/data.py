@@ -119,7 +119,7 @@ def decode_scene(sample: SceneSample) -> dict[str, torch.Tensor]:
         raise InputError(f"{sample.where}:{sample.key}", f"camera tokens for {camera.shape[0]} frames, "
                                                          f"patch tokens for {patch.shape[0]}")
     out = {"geometry_tokens": torch.from_numpy(np.concatenate([camera, patch], axis=1))}
-    if "points.npy" in sample.members:   # per-patch 3D points (world frame) and their validity
+    if "points.npy" in sample.members:   # per-patch 3D points (meta points_frame: world, or camera 0) and validity
         out["patch_points"] = torch.from_numpy(load("points.npy"))
         out["patch_points_valid"] = torch.from_numpy(load("points_valid.npy"))
     if "vision.npy" in sample.members:
