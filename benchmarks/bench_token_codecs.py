@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.core.atomic import write_json, write_text  # noqa: E402
 from pipeline.core.shards import ShardWriter, write_index  # noqa: E402
-from pipeline.core.tokens import TOKEN_CODECS, TokenSample, iter_samples, token_codec, write_sample  # noqa: E402
+from pipeline.core.tokens import TokenSample, iter_samples, token_codec, write_sample  # noqa: E402
 from workers.trainer.fusion import FusionBlock  # noqa: E402
 
 FUSION_FIXTURE = REPO.parent / "shared" / "fixtures" / "fusion"

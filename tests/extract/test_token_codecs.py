@@ -10,7 +10,7 @@ from test_shards import make_sample, write_samples
 from pipeline.cli import main as cli_main
 from pipeline.core.shards import ShardError
 from pipeline.core.tokens import (E4M3_VALUES, TOKEN_CODECS, TokenSample, decode_tokens, e4m3_bits_to_float32,
-                                  find_sample, float32_to_e4m3_bits, iter_samples, quantize_tokens, read_shard,
+                                  find_sample, float32_to_e4m3_bits, iter_samples, quantize_tokens,
                                   sample_members, store_tokens, token_codec, validate_sample)
 
 SCALED = ("float8_e4m3", "int8")

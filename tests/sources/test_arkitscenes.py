@@ -278,7 +278,7 @@ def test_pincam_name_fallback_and_missing_pincam(tmp_path):
     frames_dir = make_scan(tmp_path)
     scene = READER.read_scene(tmp_path, VID, "train")
     fx, fy = column_as_array(scene.frames, "fx"), column_as_array(scene.frames, "fy")
-    assert np.isfinite(fx).all()   # frames 13 and 14 found their .pincam under t - 1 ms and t + 1 ms
+    assert np.isfinite(fx).all() and np.isfinite(fy).all()   # frames 13 and 14 found their .pincam under t - 1 ms and t + 1 ms
     # The stored 256x192 pincam becomes the 192x256 upright camera.
     for row in (PINCAM_MINUS_1MS_FRAME, PINCAM_PLUS_1MS_FRAME):
         got = [scene.frames.column(c)[row].as_py() for c in ("width", "height", "fx", "fy", "cx", "cy")]
