@@ -50,8 +50,9 @@ def _video_path(out: Path, scenes: list, root: Path, mode: list[str]) -> list[tu
     predictions, scores = out / "predictions" / "vsibench_val.jsonl", out / "predictions" / "vsibench_val_scores.json"
     return [
         _step("ingest video", ["ingest", "--dataset", "video", "--raw", str(videos), "--out", str(video_root), *mode]),
+        # No depth or poses in a plain video: the points (and per-frame poses, marked estimated) come from CUT3R.
         _step("extract video", ["extract", "--root", str(video_root), "--random-tiny", "--with-frames",
-                                *mode]),
+                                "--points", "cut3r", *mode]),
         _step("predict video", ["predict", "--root", str(video_root), "--questions", str(question_file),
                                 "--adapter", str(root / "train"), "--out", str(predictions)]),
         _step("eval video", ["eval", "--questions", str(question_file), "--predictions", str(predictions),
