@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     raw, root = out / "raw", out / "root"
     t0 = time.perf_counter()
     print(f"generating {args.scenes} synthetic scenes (seed {args.seed}) in 3 raw formats under {raw}")
-    scenes = generate_scenes(args.scenes, seed=args.seed)
+    scenes = generate_scenes(args.scenes, seed=args.seed, mounted=True)
     for i, scene in enumerate(scenes):
         # The last scene is a validation (benchmark) scene, so the split guard has something to guard.
         split = "val" if i == len(scenes) - 1 and len(scenes) > 1 else "train"

@@ -4,6 +4,9 @@
 a camera path through it, and renders RGB, depth and instance masks from the mesh. The writers in
 ``pipeline.sources.<dataset>_writer`` turn a :class:`SyntheticScene` into that dataset's raw release layout, so
 the real readers can be tested against the generator's ground truth and the demo runs on all three formats.
+With ``mounted=True`` a room also gets 1-3 wall-mounted objects (an upper cabinet, a wall tv, a wall shelf) hanging
+above the floor furniture, as real scans have them; by default every object stands on the floor (or a tv on a
+cabinet).
 
 Conventions of the ground truth: z-up metric world, floor at z = 0; camera-to-world poses with an OpenCV camera
 (x right, y down, z forward); boxes with rows as axes and full edge lengths.
@@ -56,7 +59,8 @@ class SyntheticScene:
 # A scene is built in four steps, each drawing from one numpy Generator so the whole scene is a function of the seed:
 # the room (floor polygon, wall slabs), the furniture layout (compound boxes placed against walls or free-standing,
 # no overlaps), the camera walk (shortest paths on a clearance grid through the free floor), and a numpy z-buffer
-# rendering of the mesh from every pose.
+# rendering of the mesh from every pose. Mounted objects (opt-in) are hung last, from their own Generator, in the
+# finished room and clear of the chosen walk, so the rest of the scene is the same with or without them.
 
 FURNITURE_CATEGORIES = ("chair", "table", "sofa", "bed", "cabinet", "shelf", "refrigerator", "toilet", "sink",
                         "stool", "tv")
@@ -89,14 +93,34 @@ _APPROX_FOOTPRINT_M2 = {"chair": 0.6, "table": 1.0, "sofa": 1.7, "bed": 3.4, "ca
 _PLACEMENT_ORDER = ("bed", "sofa", "refrigerator", "shelf", "cabinet", "sink", "toilet", "table", "chair", "stool",
                     "tv")
 
+# Wall-mounted objects (generate_scene(..., mounted=True)): categories every raw writer can express (ARKitScenes
+# "cabinet", "shelf", "tv_monitor"), hung with their back against an outer wall's inner face.
+MOUNTED_CATEGORIES = ("cabinet", "tv", "shelf")
+MOUNTED_BOTTOM_M = (1.4, 1.8)        # range of a mounted object's bottom height above the floor
+_MOUNTED_STREAM = 0x6D6F756E         # second entropy word of the mounted objects' Generator: (seed, this)
+_MOUNTED_WALL_GAP_M = 0.01           # back of a mounted object to the wall's inner face
+_MOUNTED_CEILING_GAP_M = 0.1         # a mounted object's top stays this far below the top of the walls
+_MOUNTED_SPACING_M = 0.05            # floor-plan gap between mounted objects, and to furniture they do not clear
+_MOUNTED_OVER_FURNITURE_M = 0.3      # furniture under a mounted object ends at least this far below its bottom
+_MOUNTED_CAMERA_CLEARANCE_M = 0.2    # the camera walk (centres and the straight path between) to a mounted box, 3D
+_WALK_SAMPLE_M = 0.002               # the path between frames is checked at points this far apart
+_MOUNTED_MIN_VIEWS = 3               # frames whose view reaches the middle of its front, unoccluded
+_MOUNTED_TRIES = 30                  # random wall spots tried per object
+
 _Part = tuple[np.ndarray, np.ndarray, float]   # local box (min [3], max [3]) and a colour factor
 
 
 def generate_scene(seed: int, name: str | None = None, num_frames: int = 48, width: int = 96,
-                   height: int = 72) -> SyntheticScene:
+                   height: int = 72, mounted: bool = False) -> SyntheticScene:
     """Build a deterministic synthetic room for ``seed``: mesh, objects with exact boxes, a camera walk at 2 frames per second (the frames stand for a video's sampled frames,
     so a walk across the room takes tens of seconds, as in a real scan),
-    and RGB / depth / instance renderings of every frame (OpenCV camera, z-up world, metres)."""
+    and RGB / depth / instance renderings of every frame (OpenCV camera, z-up world, metres).
+
+    ``mounted=True`` adds 1-3 wall-mounted objects (categories ``MOUNTED_CATEGORIES``, bottom within
+    ``MOUNTED_BOTTOM_M``; one drawn object that finds no free, visible wall spot is left out, see
+    :func:`_hang_mounted`) after the rest of the scene is built: their instances come after the floor furniture and
+    they are in the renderings, while the room, the furniture, the walk and the lost frame stay those of
+    ``mounted=False`` (they are drawn from a second Generator seeded with ``(seed, _MOUNTED_STREAM)``)."""
     if num_frames < 2:
         raise ValueError(f"num_frames must be >= 2, got {num_frames}")
     if width < 8 or height < 8:
@@ -141,6 +165,16 @@ def generate_scene(seed: int, name: str | None = None, num_frames: int = 48, wid
     # One pose in the middle half of the walk is stored as lost by the writers (never the first frame).
     first = min(max(1, num_frames // 4), num_frames - 1)
     lost_frame = int(rng.integers(first, max(first + 1, (3 * num_frames) // 4)))
+    if mounted:
+        mounted_rng = np.random.default_rng((seed, _MOUNTED_STREAM))
+        wall_height = float(room.wall_slabs[0].hi[2])
+        for item in _hang_mounted(mounted_rng, room, layout, wall_height, camera_to_world, depth, intrinsics):
+            objects.append(_add_rigid(mesh, mounted_rng, item.label, item.parts, item.yaw, item.origin, instance_id,
+                                      max_cell_m=np.inf))
+            instance_id += 1
+        vertices, faces, colors, vertex_instance = mesh.arrays()
+        rgb, depth, instance = _render(vertices, faces, colors, vertex_instance, camera_to_world, intrinsics, width,
+                                       height)
     return SyntheticScene(
         name=name if name is not None else f"synth{seed:04d}", seed=int(seed), vertices=vertices, faces=faces,
         colors=colors, vertex_instance=vertex_instance, objects=objects, camera_to_world=camera_to_world,
@@ -148,10 +182,11 @@ def generate_scene(seed: int, name: str | None = None, num_frames: int = 48, wid
         height=int(height), rgb=rgb, depth=depth, instance=instance, invalid_frames=(lost_frame,))
 
 
-def generate_scenes(n: int, seed: int, num_frames: int = 48, width: int = 96,
-                    height: int = 72) -> list[SyntheticScene]:
+def generate_scenes(n: int, seed: int, num_frames: int = 48, width: int = 96, height: int = 72,
+                    mounted: bool = False) -> list[SyntheticScene]:
     """``n`` scenes with seeds ``seed, seed + 1, ...`` (so any one of them can be regenerated alone)."""
-    return [generate_scene(seed + i, num_frames=num_frames, width=width, height=height) for i in range(n)]
+    return [generate_scene(seed + i, num_frames=num_frames, width=width, height=height, mounted=mounted)
+            for i in range(n)]
 
 
 # ---- room -------------------------------------------------------------------------------------------------------
@@ -459,6 +494,135 @@ def _place_furniture(rng: np.random.Generator, room: _Room) -> list[_Placed] | N
     if not (5 <= len(placed) <= 15 and max(counts.values()) >= 2 and sum(c == 1 for c in counts.values()) >= 2):
         return None
     return placed
+
+
+# ---- wall-mounted objects (opt-in) ------------------------------------------------------------------------------
+
+def _mounted_shape(label: str, rng: np.random.Generator) -> list[_Part]:
+    """Local frame as for furniture (x along the wall, front = +y), with z = 0 at the object's bottom."""
+    u = rng.uniform
+    if label == "cabinet":
+        # An upper kitchen cabinet: shallower than a floor one, body and two door panels 1 cm proud of the front.
+        hw, hd, height = _q(u(0.6, 1.2), 0.05) / 2, _q(u(0.3, 0.35), 0.05) / 2, _q(u(0.6, 0.8), 0.01)
+        return [_slab(-hw, -hd, 0.0, hw, hd - 0.01, height),
+                _slab(-hw + 0.02, hd - 0.01, 0.03, -0.01, hd, height - 0.03, 0.85),
+                _slab(0.01, hd - 0.01, 0.03, hw - 0.02, hd, height - 0.03, 0.85)]
+    if label == "tv":
+        # A flat screen on a wall bracket.
+        hw = _q(u(0.8, 1.3), 0.01) / 2
+        screen_h, thickness = _q(2 * hw * u(0.55, 0.6), 0.01), _q(u(0.04, 0.07), 0.01)
+        return [_slab(-0.15, -0.03, 0.3 * screen_h, 0.15, 0.0, 0.7 * screen_h, 0.6),
+                _slab(-hw, 0.0, 0.0, hw, thickness, screen_h)]
+    if label == "shelf":
+        # An open wall shelf: two side boards and 2-3 boards between them.
+        hw, hd = _q(u(0.6, 1.2), 0.05) / 2, _q(u(0.2, 0.3), 0.05) / 2
+        levels, spacing = int(rng.integers(2, 4)), _q(u(0.25, 0.35), 0.01)
+        height = spacing * (levels - 1) + 0.03
+        parts = [_slab(-hw, -hd, 0.0, -hw + 0.02, hd, height, 0.8), _slab(hw - 0.02, -hd, 0.0, hw, hd, height, 0.8)]
+        for z in spacing * np.arange(levels):
+            parts.append(_slab(-hw + 0.02, -hd, z, hw - 0.02, hd, z + 0.03))
+        return parts
+    raise ValueError(f"no mounted shape for category {label!r}")
+
+
+def _wall_spot(room: _Room, item: _Placed) -> tuple[int, float] | None:
+    """(wall edge index, distance along it) of the back centre of a piece of furniture placed against that wall."""
+    lo, hi = _parts_bounds(item.parts)
+    back = item.origin[:2] + _rotation_z(item.yaw)[:2, :2] @ np.array([(lo[0] + hi[0]) / 2, lo[1]])
+    for index, (start, end, inward) in enumerate(room.wall_edges):
+        facing = math.atan2(inward[1], inward[0]) - math.pi / 2
+        if abs(math.remainder(item.yaw - facing, 2 * math.pi)) > 1e-6:
+            continue
+        if 0.0 <= float(np.dot(back - start, inward)) <= 0.1:
+            direction = (end - start) / np.linalg.norm(end - start)
+            return index, float(np.dot(back - start, direction))
+    return None
+
+
+def _views_of(point: np.ndarray, camera_to_world: np.ndarray, depth: np.ndarray, intrinsics: np.ndarray) -> int:
+    """Frames whose image shows the world ``point`` unoccluded by the rendered scene (``depth`` [T, H, W])."""
+    camera = np.einsum("tji,tj->ti", camera_to_world[:, :3, :3], point - camera_to_world[:, :3, 3])  # R^T (p - t)
+    z = camera[:, 2]
+    ahead = z > _NEAR_PLANE_M
+    safe_z = np.where(ahead, z, 1.0)
+    u = np.rint(intrinsics[0, 0] * camera[:, 0] / safe_z + intrinsics[0, 2]).astype(np.int64)
+    v = np.rint(intrinsics[1, 1] * camera[:, 1] / safe_z + intrinsics[1, 2]).astype(np.int64)
+    height, width = depth.shape[1:]
+    inside = ahead & (u >= 0) & (u < width) & (v >= 0) & (v < height)
+    frames = np.flatnonzero(inside)
+    surface = depth[frames, v[frames], u[frames]]
+    return int(((surface == 0.0) | (surface >= z[frames] - 0.02)).sum())
+
+
+def _polyline_points(points: np.ndarray, spacing_m: float) -> np.ndarray:
+    """The polyline through ``points`` [N, 3] as points at most ``spacing_m`` apart, its vertices included."""
+    pieces = []
+    for a, b in zip(points[:-1], points[1:]):
+        count = max(1, int(math.ceil(np.linalg.norm(b - a) / spacing_m)))
+        pieces.append(a + np.arange(count)[:, None] / count * (b - a))
+    return np.concatenate(pieces + [points[-1:]])
+
+
+def _hang_mounted(rng: np.random.Generator, room: _Room, layout: list[_Placed], wall_height: float,
+                  camera_to_world: np.ndarray, depth: np.ndarray, intrinsics: np.ndarray) -> list[_Placed]:
+    """1-3 wall-mounted objects, each at the first spot that works: above a wall cabinet or sink (upper cabinets
+    only), then random spots on the outer walls. A spot works when the object's back is on the wall's inner face,
+    its bottom within MOUNTED_BOTTOM_M and its top below the walls' top, it keeps clear of the other mounted objects,
+    any furniture under it ends _MOUNTED_OVER_FURNITURE_M below it, the camera walk (between frames too)
+    keeps _MOUNTED_CAMERA_CLEARANCE_M from its box, and at least _MOUNTED_MIN_VIEWS frames see the middle of its
+    front past the rest of the scene (``depth``). An object with no such spot is left out."""
+    count = int(rng.integers(1, 4))
+    labels = [str(x) for x in rng.permutation(["cabinet", "tv", "shelf", "cabinet"])[:count]]
+    walk = _polyline_points(camera_to_world[:, :3, 3], _WALK_SAMPLE_M)
+    tops = [p.origin[2] + _parts_bounds(p.parts)[1][2] for p in layout]
+    hung: list[_Placed] = []
+    for label in labels:
+        parts = _mounted_shape(label, rng)
+        lo, hi = _parts_bounds(parts)
+        width = hi[0] - lo[0]
+        highest = math.floor((wall_height - _MOUNTED_CEILING_GAP_M - hi[2]) * 100.0) / 100.0
+        bottom = min(_q(rng.uniform(*MOUNTED_BOTTOM_M), 0.01), highest)
+        if bottom < MOUNTED_BOTTOM_M[0]:
+            continue
+        margin = 0.05 + width / 2           # from the object's centre to the ends of its wall
+        spots = [_wall_spot(room, p) for p in layout if p.label in ("cabinet", "sink")] if label == "cabinet" else []
+        for _ in range(_MOUNTED_TRIES):
+            edge = int(rng.integers(len(room.wall_edges)))
+            edge_length = float(np.linalg.norm(room.wall_edges[edge][1] - room.wall_edges[edge][0]))
+            spots.append((edge, margin + rng.uniform() * (edge_length - 2 * margin)))
+        for spot in spots:
+            if spot is None:
+                continue
+            edge, along = spot
+            start, end, inward = room.wall_edges[edge]
+            length = float(np.linalg.norm(end - start))
+            if length < 2 * margin:
+                continue
+            along = min(max(along, margin), length - margin)
+            direction = (end - start) / length
+            yaw = math.atan2(inward[1], inward[0]) - math.pi / 2     # local x along the wall, +y into the room
+            anchor = start + direction * along + inward * _MOUNTED_WALL_GAP_M
+            origin_xy = anchor - direction * (lo[0] + hi[0]) / 2 - inward * lo[1]
+            origin = np.array([origin_xy[0], origin_xy[1], bottom - lo[2]])
+            footprint = _footprint(lo, hi, yaw, origin)
+            if not room.free.contains(footprint):
+                continue
+            grown = footprint.buffer(_MOUNTED_SPACING_M, join_style="mitre")
+            if any(grown.intersects(p.footprint) for p in hung):
+                continue
+            if any(grown.intersects(p.footprint) and top > bottom - _MOUNTED_OVER_FURNITURE_M
+                   for p, top in zip(layout, tops)):
+                continue
+            local = (walk - origin) @ _rotation_z(yaw)                # world -> local: R^T (p - origin)
+            outside = np.maximum(np.maximum(lo - local, local - hi), 0.0)
+            if np.linalg.norm(outside, axis=1).min() < _MOUNTED_CAMERA_CLEARANCE_M:
+                continue
+            front = origin + _rotation_z(yaw) @ np.array([(lo[0] + hi[0]) / 2, hi[1], (lo[2] + hi[2]) / 2])
+            if _views_of(front, camera_to_world, depth, intrinsics) < _MOUNTED_MIN_VIEWS:
+                continue
+            hung.append(_Placed(label, parts, yaw, origin, footprint))
+            break
+    return hung
 
 
 # ---- camera walk ------------------------------------------------------------------------------------------------

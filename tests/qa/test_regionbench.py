@@ -263,3 +263,42 @@ def test_graph_without_regions_gives_no_region_questions():
 
     result = generate_qa(golden_graph(), "regionbench", tasks_for("regionbench"), 0, QAConfig())
     assert result.records == []
+
+
+# ---- region_vertical on scenes with wall-mounted objects -------------------------------------------------------------
+
+# The demo's seeds: with every object on the floor they have no above/below pair at all.
+MOUNTED_SEEDS = (0, 1, 2)
+
+
+def _graph(seed: int, mounted: bool):
+    scene, manifest, _, masks = canonical_inputs(generate_scene(seed, num_frames=48, width=96, height=72,
+                                                                mounted=mounted))
+    return build_scene_graph(scene, manifest, instance_masks=masks, region_config=RegionConfig())
+
+
+def test_region_vertical_asks_about_wall_mounted_objects():
+    """Scenes with wall-mounted objects (generate_scene(..., mounted=True)) get above/below questions, each answer
+    recomputed from the boxes' corner heights; the same seeds without them get none."""
+    cfg = replace(QAConfig(), max_per_scene_task=30)
+    vertical = tasks_for("regionbench", names=["region_vertical"])
+    answers = Counter()
+    for seed in MOUNTED_SEEDS:
+        assert generate_qa(_graph(seed, mounted=False), "regionbench", vertical, 0, cfg).records == []
+        graph = _graph(seed, mounted=True)
+        records = generate_qa(graph, "regionbench", vertical, 0, cfg).records
+        assert records, seed
+        boxes = _boxes(graph)
+        for r in records:
+            (a_bottom, a_top), (b_bottom, b_top) = (z_range(boxes[i]) for i in r["object_ids"])
+            if a_bottom - b_top >= cfg.region_vertical_gap_m:
+                expected, gap_m = "above", a_bottom - b_top
+            else:
+                expected, gap_m = "below", b_bottom - a_top
+                assert gap_m >= cfg.region_vertical_gap_m
+            assert _option(r) == expected and r["answer_value"] == pytest.approx(gap_m, abs=1e-9)
+            assert sorted(_option(r, o[0]) for o in r["options"]) == ["above", "below"]
+            # The upper one hangs on a wall: its bottom is at mounting height.
+            assert max(a_bottom, b_bottom) >= 1.4 - 1e-6
+            answers[expected] += 1
+    assert answers["above"] >= 3 and answers["below"] >= 3

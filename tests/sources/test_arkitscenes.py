@@ -278,7 +278,8 @@ def test_pincam_name_fallback_and_missing_pincam(tmp_path):
     frames_dir = make_scan(tmp_path)
     scene = READER.read_scene(tmp_path, VID, "train")
     fx, fy = column_as_array(scene.frames, "fx"), column_as_array(scene.frames, "fy")
-    assert np.isfinite(fx).all() and np.isfinite(fy).all()   # frames 13 and 14 found their .pincam under t - 1 ms and t + 1 ms
+    # Frames 13 and 14 found their .pincam under t - 1 ms and t + 1 ms.
+    assert np.isfinite(fx).all() and np.isfinite(fy).all()
     # The stored 256x192 pincam becomes the 192x256 upright camera.
     for row in (PINCAM_MINUS_1MS_FRAME, PINCAM_PLUS_1MS_FRAME):
         got = [scene.frames.column(c)[row].as_py() for c in ("width", "height", "fx", "fy", "cx", "cy")]
@@ -543,10 +544,15 @@ def small_synthetic_scene() -> SyntheticScene:
         instance=np.zeros((num_frames, height, width), np.int32), invalid_frames=(3,))
 
 
-def generated_scene() -> SyntheticScene:
+def generated_scene(mounted: bool = False) -> SyntheticScene:
     synthetic = pytest.importorskip("pipeline.sources.synthetic")
     if not hasattr(synthetic, "generate_scene"):
         pytest.skip("pipeline.sources.synthetic.generate_scene has not landed yet")
+    if mounted:
+        scene = synthetic.generate_scene(0, num_frames=12, width=48, height=36, mounted=True)
+        hanging = [o for o in scene.objects if o.centroid[2] - o.lengths[2] / 2 >= synthetic.MOUNTED_BOTTOM_M[0]]
+        assert hanging and all(arkitscenes_label(o.label) is not None for o in hanging)   # all annotated by ARKit
+        return scene
     return synthetic.generate_scene(3, num_frames=12, width=48, height=36)
 
 
@@ -599,8 +605,9 @@ def test_small_synthetic_round_trip(tmp_path, sky, layout):
     assert [d["label"] for d in annotation["data"]] == ["chair", "tv_monitor", "sofa"]
 
 
-def test_generated_scene_round_trip(tmp_path):
-    scene = generated_scene()
+@pytest.mark.parametrize("mounted", [False, True], ids=["floor_only", "mounted"])
+def test_generated_scene_round_trip(tmp_path, mounted):
+    scene = generated_scene(mounted)
     video_id = write_arkitscenes(scene, tmp_path, split="train", sky_direction="Left")
     assert_round_trip(scene, tmp_path, video_id, "Left", "train")
     # Without metadata.csv the sky direction is inferred from the poses, and agrees.

@@ -502,11 +502,14 @@ def small_synthetic_scene(seed: int = 7) -> SyntheticScene:
         depth=np.full((num_frames, height, width), 2.5, np.float32), instance=instance, invalid_frames=(2,))
 
 
-def _generated(seed: int):
+def _generated(seed: int, mounted: bool = False):
     def make() -> SyntheticScene:
-        from pipeline.sources.synthetic import generate_scene
+        from pipeline.sources.synthetic import MOUNTED_BOTTOM_M, generate_scene
 
-        return generate_scene(seed, num_frames=12)
+        scene = generate_scene(seed, num_frames=12, mounted=mounted)
+        # A mounted scene has objects hanging on the walls (bottom at 1.4 m or more), to carry through the files.
+        assert mounted == any(o.centroid[2] - o.lengths[2] / 2 >= MOUNTED_BOTTOM_M[0] for o in scene.objects)
+        return scene
     return make
 
 
@@ -515,8 +518,8 @@ def _corners(centroid, lengths, axes) -> np.ndarray:
     return centroid + (signs * np.asarray(lengths) / 2) @ np.asarray(axes).reshape(3, 3)
 
 
-@pytest.mark.parametrize("make_scene", [small_synthetic_scene, _generated(3), _generated(8)],
-                         ids=["hand_built", "generated_seed3", "generated_seed8"])
+@pytest.mark.parametrize("make_scene", [small_synthetic_scene, _generated(3), _generated(8), _generated(0, True)],
+                         ids=["hand_built", "generated_seed3", "generated_seed8", "generated_seed0_mounted"])
 def test_synthetic_round_trip(tmp_path, make_scene):
     from pipeline.sources.scannet_writer import SCANNET_LABELS, default_alignment, write_scannet
 
@@ -561,7 +564,9 @@ def test_synthetic_round_trip(tmp_path, make_scene):
     for k in range(len(depths)):  # stored as whole millimetres: within half a millimetre of the rendered depth
         np.testing.assert_allclose(depths[k], truth.depth[k], atol=5e-4 + 1e-6, rtol=0)
     zip_path = scene.meta["instance_masks"]["path"]
-    for k in (0, len(truth.instance) - 1):
+    # The first and last frames, and one showing the last object (on mounted scenes, a wall-mounted one).
+    showing_last = (truth.instance == truth.objects[-1].instance_id).any(axis=(1, 2))
+    for k in {0, len(truth.instance) - 1, int(np.argmax(showing_last))}:
         np.testing.assert_array_equal(read_instance_mask(zip_path, k), truth.instance[k])
 
 

@@ -31,7 +31,7 @@ from pipeline.sources.colmap import (camera_to_world_to_nerfstudio, nerfstudio_t
 from pipeline.core.depth_bin import index_depth_bin, read_depth_frame, write_depth_bin
 from pipeline.sources.scannetpp import READER, ScanNetPPReader, list_scenes
 from pipeline.sources.scannetpp_writer import scannetpp_scene_id, write_scannetpp, write_video
-from pipeline.sources.synthetic import SyntheticObject, SyntheticScene, generate_scene
+from pipeline.sources.synthetic import MOUNTED_BOTTOM_M, SyntheticObject, SyntheticScene, generate_scene
 
 SCENE = "0a1b2c3d4e"
 INVALID_FRAME = 5            # aligned_pose written as -Infinity in the fixture
@@ -521,11 +521,16 @@ def small_synthetic_scene(name: str = "synth0001", num_frames: int = 8) -> Synth
 def _truth(kind: str) -> SyntheticScene:
     if kind == "generated":
         return generate_scene(3, num_frames=8)  # 96x72 renders, 15 objects
+    if kind == "generated_mounted":
+        scene = generate_scene(0, num_frames=8, mounted=True)
+        assert any(o.centroid[2] - o.lengths[2] / 2 >= MOUNTED_BOTTOM_M[0] for o in scene.objects)  # wall-mounted
+        return scene
     return small_synthetic_scene()
 
 
 @pytest.mark.parametrize("kind,container,encoding", [("generated", "mp4", "deflate"), ("generated", "mkv", "lz4_records"),
-                                                     ("handmade", "mp4", "deflate_records")])
+                                                     ("handmade", "mp4", "deflate_records"),
+                                                     ("generated_mounted", "mp4", "deflate")])
 def test_synthetic_round_trip(tmp_path, kind, container, encoding):
     truth = _truth(kind)
     raw = tmp_path / "raw"

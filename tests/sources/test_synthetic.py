@@ -19,8 +19,8 @@ import pytest
 import shapely
 from shapely.geometry import Point, Polygon
 
-from pipeline.sources.synthetic import (FURNITURE_CATEGORIES, SyntheticScene, _render, generate_scene,
-                                        generate_scenes)
+from pipeline.sources.synthetic import (FURNITURE_CATEGORIES, MOUNTED_BOTTOM_M, MOUNTED_CATEGORIES, SyntheticScene,
+                                        _render, generate_scene, generate_scenes)
 
 # Seed 1 has an interior partial wall and seed 3 an L-shaped room (asserted in test_room_shapes_vary).
 SEEDS = (0, 1, 2, 3)
@@ -384,3 +384,268 @@ def test_rasteriser_clips_a_floor_that_passes_behind_the_camera():
     assert (instance[0][~below] == -1).all() and (instance[0][below] == 0).all()
     expected = 20.0 / (rows[below] - 11.5)
     np.testing.assert_allclose(depth[0][below], np.broadcast_to(expected[:, None], (below.sum(), 32)), rtol=1e-6)
+
+
+# ---- wall-mounted objects (generate_scene(..., mounted=True)) -----------------------------------------------------
+#
+# Opt-in: hung on an outer wall at the documented height, clear of the furniture, of each other and of the camera
+# walk, rendered like any other instance, and added without changing the rest of the scene. The raw-format round
+# trips of mounted scenes are in the writers' tests (test_scannet, test_scannetpp, test_arkitscenes).
+
+
+@lru_cache(maxsize=None)
+def mounted_scene(seed: int) -> SyntheticScene:
+    return generate_scene(seed, mounted=True)
+
+
+def pair(seed: int) -> tuple[SyntheticScene, SyntheticScene]:
+    """(the scene without mounted objects, the same seed with them)."""
+    return scene(seed), mounted_scene(seed)
+
+
+def mounted_objects(seed: int):
+    base, hung = pair(seed)
+    return hung.objects[len(base.objects):]
+
+
+def z_range(obj) -> tuple[float, float]:
+    return obj.centroid[2] - obj.lengths[2] / 2, obj.centroid[2] + obj.lengths[2] / 2
+
+
+def box_distance(points: np.ndarray, obj) -> np.ndarray:
+    """Euclidean distance [N] from world points [N, 3] to the solid box of ``obj``."""
+    local = (points - obj.centroid) @ obj.axes.T
+    return np.linalg.norm(np.maximum(np.abs(local) - obj.lengths / 2, 0.0), axis=1)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_mounted_objects_are_added_after_an_unchanged_scene(seed):
+    base, hung = pair(seed)
+    assert scene_digest(generate_scene(seed, mounted=False)) == scene_digest(base)      # off by default
+    n = len(base.objects)
+    extra = hung.objects[n:]
+    assert 1 <= len(extra) <= 3 and {o.label for o in extra} <= set(MOUNTED_CATEGORIES) <= set(FURNITURE_CATEGORIES)
+    assert [o.instance_id for o in extra] == list(range(base.objects[-1].instance_id + 1,
+                                                        base.objects[-1].instance_id + 1 + len(extra)))
+    # Room, furniture, walk, lost frame and the mesh so far are those of mounted=False.
+    for a, b in zip(base.objects, hung.objects[:n]):
+        assert (a.instance_id, a.label) == (b.instance_id, b.label)
+        np.testing.assert_array_equal(np.concatenate([a.centroid, a.lengths, a.axes.ravel()]),
+                                      np.concatenate([b.centroid, b.lengths, b.axes.ravel()]))
+    v = len(base.vertices)
+    np.testing.assert_array_equal(hung.vertices[:v], base.vertices)
+    np.testing.assert_array_equal(hung.colors[:v], base.colors)
+    np.testing.assert_array_equal(hung.vertex_instance[:v], base.vertex_instance)
+    np.testing.assert_array_equal(hung.faces[:len(base.faces)], base.faces)
+    assert set(np.unique(hung.vertex_instance[v:])) == {o.instance_id for o in extra}
+    np.testing.assert_array_equal(hung.camera_to_world, base.camera_to_world)
+    np.testing.assert_array_equal(hung.timestamps, base.timestamps)
+    assert hung.invalid_frames == base.invalid_frames and (hung.name, hung.seed) == (base.name, base.seed)
+
+
+def test_mounted_scenes_are_deterministic_and_generate_scenes_passes_the_flag():
+    scenes = generate_scenes(2, seed=40, num_frames=8, width=32, height=24, mounted=True)
+    again = generate_scene(41, num_frames=8, width=32, height=24, mounted=True)
+    assert scene_digest(scenes[1]) == scene_digest(again)
+    assert len(scenes[1].objects) > len(generate_scene(41, num_frames=8, width=32, height=24).objects)
+    assert scene_digest(generate_scenes(1, seed=40, num_frames=8, width=32, height=24)[0]) != \
+        scene_digest(scenes[0])
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_mounted_objects_hang_on_an_outer_wall_at_the_documented_height(seed):
+    _, hung = pair(seed)
+    walls = [o for o in hung.objects if o.label == "wall"]
+    wall_top = max(z_range(w)[1] for w in walls)
+    floor_triangles = hung.vertices[hung.faces[hung.vertex_instance[hung.faces[:, 0]] == 0]][:, :, :2]
+    floor = shapely.union_all(shapely.polygons(floor_triangles))
+    for obj in mounted_objects(seed):
+        bottom, top = z_range(obj)
+        assert MOUNTED_BOTTOM_M[0] - 1e-9 <= bottom <= MOUNTED_BOTTOM_M[1] + 1e-9, obj.label
+        assert top <= wall_top - 0.1 + 1e-9
+        assert floor.buffer(1e-9).contains(footprint(obj))
+        # The back (the -axes[1] face) is 1 cm off a wall: 2 cm behind its middle is inside that wall's slab, and
+        # the object faces into the room along the wall's normal.
+        back = obj.centroid - obj.lengths[1] / 2 * obj.axes[1]
+        behind = back - 0.02 * obj.axes[1]
+        holding = [w for w in walls if (box_distance(behind[None], w) == 0.0).all()]
+        assert len(holding) == 1, obj.label
+        assert box_distance(back[None], holding[0])[0] == pytest.approx(0.01, abs=1e-9)
+        assert abs(obj.axes[1] @ holding[0].axes[1]) == pytest.approx(1.0, abs=1e-12)
+        assert not any(footprint(obj).intersection(footprint(w)).area > 1e-9 for w in walls)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_mounted_objects_clear_the_furniture_and_each_other(seed):
+    """No two boxes intersect in 3D; furniture under a mounted object ends at least 0.3 m below its bottom."""
+    base, hung = pair(seed)
+    extra = mounted_objects(seed)
+    floor_items = [o for o in base.objects if o.label in FURNITURE_CATEGORIES]
+    for obj in extra:
+        bottom = z_range(obj)[0]
+        for other in floor_items:
+            if footprint(obj).intersection(footprint(other)).area > 1e-9:
+                assert z_range(other)[1] <= bottom - 0.3 + 1e-9, (obj.label, other.label)
+        for other in extra:
+            if other is not obj:
+                assert footprint(obj).distance(footprint(other)) >= 0.05 - 1e-9
+
+
+def test_upper_cabinets_hang_over_counters_and_every_mounted_category_occurs():
+    """Across the seeds: some mounted cabinet is above a floor cabinet or sink (kitchen style), and every mounted
+    category occurs."""
+    over_counter = 0
+    labels = set()
+    for seed in SEEDS:
+        base, _ = pair(seed)
+        for obj in mounted_objects(seed):
+            labels.add(obj.label)
+            under = [o.label for o in base.objects if o.label in ("cabinet", "sink")
+                     and footprint(obj).intersection(footprint(o)).area > 0.05]
+            over_counter += obj.label == "cabinet" and bool(under)
+    assert over_counter >= 2 and labels == set(MOUNTED_CATEGORIES)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_camera_walk_keeps_clear_of_mounted_objects(seed):
+    """Every camera centre, and the straight walk between consecutive frames, stays 0.2 m from every mounted box."""
+    _, hung = pair(seed)
+    centres = hung.camera_to_world[:, :3, 3]
+    steps = np.linspace(0.0, 1.0, 21)[:, None, None]
+    walk = (centres[:-1] + steps * (centres[1:] - centres[:-1])).reshape(-1, 3)
+    for obj in mounted_objects(seed):
+        assert box_distance(walk, obj).min() >= 0.2 - 1e-3, obj.label
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_mounted_objects_are_rendered_in_front_of_what_they_hide(seed):
+    """Each mounted object is in the instance masks of several frames, its pixels back-project into its box, and a
+    pixel differs from the scene without mounted objects only where a mounted object now shows, nearer."""
+    base, hung = pair(seed)
+    extra_ids = [o.instance_id for o in mounted_objects(seed)]
+    for obj in mounted_objects(seed):
+        frames = np.flatnonzero((hung.instance == obj.instance_id).any(axis=(1, 2)))
+        assert len(frames) >= 3, obj.label
+        for frame in frames[:: max(1, len(frames) // 4)]:
+            mask = hung.instance[frame] == obj.instance_id
+            local = (back_project(hung, frame, mask) - obj.centroid) @ obj.axes.T
+            assert (np.abs(local) <= obj.lengths / 2 + 1e-4).all(), (frame, obj.label)
+    changed = base.instance != hung.instance
+    assert changed.any()
+    assert np.isin(hung.instance[changed], extra_ids).all()
+    previous = base.depth[changed]
+    assert ((previous == 0) | (hung.depth[changed] < previous)).all()
+    same = ~changed
+    np.testing.assert_array_equal(hung.depth[same], base.depth[same])
+    np.testing.assert_array_equal(hung.rgb[same], base.rgb[same])
+    assert (hung.rgb[changed] != base.rgb[changed]).any(axis=-1).mean() > 0.9
+
+
+# ---- the hanging rules on hand-made rooms: walks, furniture and views that force each rule to bind --------------
+
+def _look_at(eye, target) -> np.ndarray:
+    """OpenCV camera-to-world looking from ``eye`` at ``target`` (z-up world)."""
+    forward = np.subtract(target, eye) / np.linalg.norm(np.subtract(target, eye))
+    right = np.cross(forward, [0.0, 0.0, 1.0])
+    right /= np.linalg.norm(right)
+    pose = np.eye(4)
+    pose[:3, :3] = np.stack([right, np.cross(forward, right), forward], axis=1)
+    pose[:3, 3] = eye
+    return pose
+
+
+def _hand_made_room():
+    from pipeline.sources.synthetic import _make_room
+
+    room = _make_room(np.random.default_rng(0))
+    return room, float(room.wall_slabs[0].hi[2])
+
+
+def _placed_box(item):
+    """(rotation, origin, lo, hi) of a placed object's local bounding box."""
+    from pipeline.sources.synthetic import _parts_bounds, _rotation_z
+
+    lo, hi = _parts_bounds(item.parts)
+    return _rotation_z(item.yaw), item.origin, lo, hi
+
+
+def _distance_to_placed(points: np.ndarray, item) -> np.ndarray:
+    rotation, origin, lo, hi = _placed_box(item)
+    local = (points - origin) @ rotation
+    return np.linalg.norm(np.maximum(np.maximum(lo - local, local - hi), 0.0), axis=1)
+
+
+SMALL_K = np.array([[25.6, 0.0, 15.5], [0.0, 25.6, 11.5], [0.0, 0.0, 1.0]])   # 32 x 24 images
+
+
+def test_hanging_keeps_clear_of_a_walk_along_the_walls():
+    """A walk at the closest the generator's walks come to a wall (0.3 m) at eye height: whatever hangs keeps 0.2 m
+    from it, between frames too, so deep cabinets low enough to reach the eye are left out or hung high."""
+    from pipeline.sources.synthetic import _hang_mounted
+
+    room, wall_height = _hand_made_room()
+    loop = room.free.buffer(-0.3, join_style="mitre").exterior
+    centre = np.array([*room.free.centroid.coords[0], 1.55])
+    # Few frames, so the walk between them passes spots that no frame is near.
+    eyes = [np.array([*loop.interpolate(f, normalized=True).coords[0], 1.55]) for f in np.linspace(0, 1, 12)]
+    poses = np.stack([_look_at(eye, centre) for eye in eyes])
+    steps = np.linspace(0.0, 1.0, 21)[:, None, None]
+    walk = (poses[:-1, :3, 3] + steps * (poses[1:, :3, 3] - poses[:-1, :3, 3])).reshape(-1, 3)
+    hung = [item for seed in range(16) for item in _hang_mounted(np.random.default_rng(seed), room, [], wall_height,
+                                                                  poses, np.zeros((12, 24, 32), np.float32), SMALL_K)]
+    assert len(hung) >= 5
+    distances = [_distance_to_placed(walk, item).min() for item in hung]
+    assert min(distances) >= 0.2 - 1e-3 and min(distances) < 0.35
+
+
+def test_hanging_clears_tall_furniture_and_hangs_over_low_furniture():
+    """Walls lined with low cabinets and tall refrigerators: mounted objects hang over the cabinets (0.3 m clear of
+    their tops) and never over a refrigerator."""
+    from pipeline.sources.synthetic import _hang_mounted, _place_against_wall, _Placed, _shape
+
+    room, wall_height = _hand_made_room()
+    rng = np.random.default_rng(5)
+    layout = []
+    for label in ["cabinet"] * 4 + ["refrigerator"] * 12:
+        parts = _shape(label, rng)
+        spot = _place_against_wall(rng, room, parts, layout)
+        if spot is not None:
+            layout.append(_Placed(label, parts, spot[0], spot[1], spot[2]))
+    assert {p.label for p in layout} == {"cabinet", "refrigerator"}
+    centre = np.array([*room.free.centroid.coords[0], 1.5])
+    poses = np.stack([_look_at(centre, centre + [np.cos(a), np.sin(a), -0.1]) for a in np.linspace(0, 2 * np.pi, 36)])
+    over = collections.Counter()
+    for seed in range(8):
+        for item in _hang_mounted(np.random.default_rng(seed), room, layout, wall_height, poses,
+                                  np.zeros((36, 24, 32), np.float32), SMALL_K):
+            bottom = item.origin[2] + _placed_box(item)[2][2]
+            for floor_item in layout:
+                if item.footprint.intersection(floor_item.footprint).area > 1e-9:
+                    top = floor_item.origin[2] + _placed_box(floor_item)[3][2]
+                    assert top <= bottom - 0.3 + 1e-9, floor_item.label
+                    over[floor_item.label] += 1
+    assert over["cabinet"] >= 2 and over["refrigerator"] == 0
+
+
+def test_hanging_needs_views_of_the_object():
+    """Cameras that all look at one wall hang everything on that wall; cameras that see only a surface right in front
+    of them (every depth 0.1 m) hang nothing."""
+    from pipeline.sources.synthetic import _hang_mounted
+
+    room, wall_height = _hand_made_room()
+    start, end, inward = room.wall_edges[0]
+    middle = (start + end) / 2
+    centre = np.array([*room.free.centroid.coords[0], 1.5])
+    target = np.array([middle[0], middle[1], 1.8])
+    poses = np.stack([_look_at(centre + [0.1 * np.cos(a), 0.1 * np.sin(a), 0.0], target)
+                      for a in np.linspace(0, 2 * np.pi, 12)])
+    hung = [item for seed in range(8) for item in _hang_mounted(np.random.default_rng(seed), room, [], wall_height,
+                                                                 poses, np.zeros((12, 24, 32), np.float32), SMALL_K)]
+    assert len(hung) >= 6
+    for item in hung:
+        rotation, origin, lo, hi = _placed_box(item)
+        back = origin + rotation @ np.array([(lo[0] + hi[0]) / 2, lo[1], 0.0])
+        assert np.dot(back[:2] - start, inward) == pytest.approx(0.01, abs=1e-9)
+    blocked = np.full((12, 24, 32), 0.1, np.float32)
+    assert not any(_hang_mounted(np.random.default_rng(seed), room, [], wall_height, poses, blocked, SMALL_K)
+                   for seed in range(8))
