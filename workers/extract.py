@@ -22,8 +22,9 @@ import contextlib
 import hashlib
 import math
 import threading
+import time
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
@@ -436,11 +437,35 @@ class Scheduling:
     queued_batches: int = 1               # batches queued per actor beyond those it works on (the bounded queue)
     actor_concurrency: int = 2            # batches an actor works on at once, one of them on the model
     ray_address: str | None = None
+    # Custom Ray resources each model actor asks for, e.g. {"model_node": 1}: the actors go only to nodes started
+    # with that resource (``ray start --resources='{"model_node": 1}'``). Placement, not identity: no byte changes.
+    actor_resources: dict[str, float] = field(default_factory=dict)
+    # How long the driver waits for a cluster that lost what the actors need (their node died) to get it back (a
+    # replacement node) before it aborts; without a limit a pinned actor would wait for its restart forever.
+    node_wait_s: float = 300.0
 
     def __post_init__(self) -> None:
         if self.batch_videos < 1 or self.workers < 1 or self.actors < 1 or self.actor_cpus < 1 \
                 or self.queued_batches < 0 or self.actor_concurrency < 1:
             raise ValueError(f"invalid scheduling {asdict(self)}")
+        if not self.node_wait_s > 0:
+            raise ValueError(f"node wait must be a positive number of seconds, got {self.node_wait_s!r}")
+        self.actor_resources = dict(self.actor_resources)
+        for name, amount in self.actor_resources.items():
+            check_actor_resource(name, amount)
+
+
+def check_actor_resource(name: str, amount: float) -> None:
+    """ValueError, naming the resource, unless Ray can schedule an actor asking for ``amount`` of ``name``."""
+    if not isinstance(name, str) or not name.strip() or name != name.strip():
+        raise ValueError(f"actor resource name must be a non-empty name without surrounding spaces, got {name!r}")
+    if name in ("CPU", "GPU"):
+        raise ValueError(f"actor resource {name}: set CPUs and GPUs with actor_cpus / num_gpus "
+                         "(--actor-cpus / --num-gpus), not as a custom resource")
+    if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not math.isfinite(amount) or amount <= 0:
+        raise ValueError(f"actor resource {name}: the amount must be a positive number, got {amount!r}")
+    if round(amount, 4) != amount:   # Ray's precision for fractional resources
+        raise ValueError(f"actor resource {name}: Ray takes amounts with at most 4 decimals, got {amount!r}")
 
 
 Result = tuple[SceneJob, "TokenSample | None", "SceneError | None"]
@@ -450,20 +475,36 @@ class ClusterTooSmall(RuntimeError):
     """The Ray cluster lacks the resources the scheduling asks for (checked before any work)."""
 
 
-def check_cluster(scheduling: Scheduling) -> None:
-    """Start (or join) Ray and check that it has the GPUs the model actors ask for; ClusterTooSmall if not."""
+def cluster_shortage(scheduling: Scheduling) -> tuple[str, str] | None:
+    """``(resource, what is missing)`` when the live nodes of the Ray cluster lack the GPUs or custom resources
+    that the model actors ask for, else None."""
     import ray
 
+    resources = ray.cluster_resources()          # totals of the nodes alive now
+    for name, amount in {"GPU": scheduling.num_gpus, **scheduling.actor_resources}.items():
+        have = resources.get(name, 0.0)
+        if amount > 0 and amount * scheduling.actors > have:
+            return name, (f"{scheduling.actors} model actor(s) x {amount:g} {name} need more {name} than the Ray "
+                          f"cluster has ({have:g})")
+    return None
+
+
+def check_cluster(scheduling: Scheduling) -> None:
+    """Start (or join) Ray and check that it has the GPUs and custom resources the model actors ask for;
+    ClusterTooSmall if not."""
     from pipeline.core.parallel import init_ray
 
     if scheduling.local:
         return
     # A local cluster gets CPUs for the decode workers on top of the actors' own, or decoding could starve.
     init_ray(scheduling.workers + scheduling.actors * scheduling.actor_cpus, scheduling.ray_address)
-    gpus = ray.cluster_resources().get("GPU", 0.0)
-    if scheduling.num_gpus * scheduling.actors > gpus:
-        raise ClusterTooSmall(f"{scheduling.actors} model actor(s) x {scheduling.num_gpus:g} GPU need more GPUs than "
-                              f"the Ray cluster has ({gpus:g}); use --num-gpus 0 to run the model on CPU")
+    shortage = cluster_shortage(scheduling)
+    if shortage is not None:
+        name, missing = shortage
+        hint = ("use --num-gpus 0 to run the model on CPU" if name == "GPU" else
+                f"start the model node with `ray start --resources='{{\"{name}\": "
+                f"{scheduling.actor_resources[name]:g}}}' ...`, or drop --actor-resource {name}")
+        raise ClusterTooSmall(f"{missing}; {hint}")
 
 
 def iter_extracted(jobs: Sequence[SceneJob], encoder_factory: EncoderFactory, options: ExtractOptions,
@@ -507,13 +548,16 @@ def _iter_local(batches, encoder_factory, options, identity, torch_threads: int)
 
 def _iter_ray(batches, encoder_factory, options, identity, scheduling: Scheduling) -> Iterator[Result]:
     import ray
+    from ray import exceptions as ray_errors
     from ray.exceptions import RayActorError, RayTaskError
 
+    unreachable = getattr(ray_errors, "ActorUnavailableError", ())   # a RayActorError, not in older Rays
     check_cluster(scheduling)
     decode = ray.remote(num_cpus=1, max_retries=scheduling.retries)(decode_or_error)
     actor_cls = ray.remote(num_cpus=scheduling.actor_cpus, num_gpus=scheduling.num_gpus,
                            max_restarts=scheduling.retries, max_task_retries=scheduling.retries,
-                           max_concurrency=scheduling.actor_concurrency)(TokenActor)
+                           max_concurrency=scheduling.actor_concurrency,
+                           resources=scheduling.actor_resources or None)(TokenActor)
     actors = [actor_cls.remote(encoder_factory, options, identity, scheduling.actor_cpus)
               for _ in range(scheduling.actors)]
     options_ref = ray.put(options)
@@ -538,7 +582,10 @@ def _iter_ray(batches, encoder_factory, options, identity, scheduling: Schedulin
                 break
             batch, refs, future = in_flight.popleft()
             try:
-                encoded = ray.get(future)
+                encoded = _await_batch(future, scheduling)
+            except unreachable as exc:             # e.g. its node was lost; a rerun redoes only the unwritten scenes
+                raise ExtractionAborted(f"the model actor became unreachable, its process or node lost ({exc}); "
+                                        "rerun to resume") from None
             except RayActorError as exc:
                 raise ExtractionAborted(f"the model actor died and was not restarted ({exc}); rerun to resume") \
                     from None
@@ -552,3 +599,23 @@ def _iter_ray(batches, encoder_factory, options, identity, scheduling: Schedulin
     finally:
         for actor in actors:
             ray.kill(actor)
+
+
+def _await_batch(future, scheduling: Scheduling) -> list[TokenSample | SceneError]:
+    """``ray.get`` of a model actor call, which gives up (:class:`ExtractionAborted`) once the live cluster has lacked
+    the actors' GPUs or custom resources for ``scheduling.node_wait_s``: an actor whose node was lost waits for a
+    node that can host its restart, forever if none comes (a pinned actor on a fixed cluster)."""
+    import ray
+
+    poll_s = min(5.0, scheduling.node_wait_s / 4)
+    short_since: float | None = None
+    while not ray.wait([future], timeout=poll_s)[0]:
+        shortage = cluster_shortage(scheduling)
+        if shortage is None:
+            short_since = None
+        elif short_since is None:
+            short_since = time.monotonic()
+        elif time.monotonic() - short_since >= scheduling.node_wait_s:
+            raise ExtractionAborted(f"for {scheduling.node_wait_s:g} s, {shortage[1]} (a node was lost?): the model "
+                                    "actor cannot be restarted; rerun to resume once the cluster has it again")
+    return ray.get(future)

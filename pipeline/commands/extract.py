@@ -29,6 +29,24 @@ def parse_bytes(text: str) -> int:
     return value
 
 
+def parse_resource(text: str) -> tuple[str, float]:
+    """``"model_node=1"`` -> ``("model_node", 1.0)`` (a custom Ray resource and the amount an actor asks for)."""
+    from workers.extract import check_actor_resource
+
+    name, sep, amount = text.partition("=")
+    try:
+        value = float(amount) if sep else None
+    except ValueError:
+        value = None
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected NAME=AMOUNT (e.g. model_node=1), got {text!r}")
+    try:
+        check_actor_resource(name, value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return name, value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", required=True, type=Path, help="dataset root written by ingest (ROOT)")
     model = parser.add_mutually_exclusive_group(required=True)
@@ -67,6 +85,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_rebuild(parser, "--overwrite", "scenes (all of them: needed to change the model or its configuration)")
     parser.add_argument("--local", action="store_true", help="run in-process instead of on Ray")
     parser.add_argument("--ray-address", default=None, help="join an existing Ray cluster")
+    parser.add_argument("--actor-resource", type=parse_resource, action="extend", nargs="+", default=[],
+                        metavar="NAME=AMOUNT",
+                        help="a custom Ray resource each model actor asks for, so that it runs only on nodes started "
+                             "with it (ray start --resources='{\"model_node\": 1}' and --actor-resource model_node=1); "
+                             "repeatable; placement only, the shards' bytes do not change")
+    parser.add_argument("--node-wait", type=float, default=300.0, metavar="SECONDS",
+                        help="when the cluster has lost the GPUs or custom resources the model actors need (their "
+                             "node died), wait this long for a node that has them before aborting (exit 1; a rerun "
+                             "resumes)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,6 +112,10 @@ def run(args: argparse.Namespace) -> int:
         model = ModelSpec("weights", path=str(args.weights), config_path=str(args.config))
     precision = {"auto": "bf16" if args.num_gpus > 0 else "fp32"}.get(args.dtype, args.dtype)
     token_dtype = precision if args.token_dtype == "auto" else args.token_dtype
+    names = [name for name, _ in args.actor_resource]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise StageRefused(f"extract: --actor-resource gives {', '.join(repeated)} more than once")
     with config_errors("extract"):
         options = ExtractOptions(input_size=args.size, squash_size=args.squash_size, token_dtype=token_dtype,
                                  precision=precision, compile=args.compile,
@@ -92,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
                                  with_frames=args.with_frames)
         scheduling = Scheduling(batch_videos=args.batch_videos, local=args.local, workers=args.workers,
                                 num_gpus=args.num_gpus, actors=args.actors, actor_cpus=args.actor_cpus,
-                                retries=args.retries, ray_address=args.ray_address)
+                                retries=args.retries, ray_address=args.ray_address,
+                                actor_resources=dict(args.actor_resource), node_wait_s=args.node_wait)
     try:
         summary = extract_root(args.root, model, options, scheduling, shard_bytes=args.shard_bytes,
                                rebuild=args.rebuild, command=tuple(getattr(args, "argv", ())))

@@ -589,9 +589,12 @@ def _record_errors(ctx: Context, stage: Stage, processed: Iterable[Unit], outcom
 
 def _summary(stage: Stage, ctx: Context, result: StageResult) -> None:
     failed_units = f", {result.failed} failed" if result.failed else ""
-    print(f"{stage.name}: {result.done} done, {result.skipped} up to date{failed_units} of "
-          f"{result.done + result.skipped + result.failed} {stage.noun} -> {stage.outputs(ctx.root)} "
-          f"({result.seconds:.1f}s)")
+    reached = result.done + result.skipped + result.failed
+    total = max(result.counts.get("units", reached), reached)
+    # a run that stopped early (extract's lost model actor) did not reach every unit
+    not_reached = f", {total - reached} not reached" if total > reached else ""
+    print(f"{stage.name}: {result.done} done, {result.skipped} up to date{failed_units}{not_reached} of "
+          f"{total} {stage.noun} -> {stage.outputs(ctx.root)} ({result.seconds:.1f}s)")
     if result.errors:
         warnings = sum(1 for e in result.errors if not e.is_error)
         rows = f"{len(result.errors) - warnings} error row(s)" + (f", {warnings} warning row(s)" if warnings else "")

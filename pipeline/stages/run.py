@@ -69,7 +69,7 @@ def extract_root(root, model, options, scheduling, *, shard_bytes: int = DEFAULT
                              samples=counts.get("samples", 0), removed_debris=extra.get("removed_debris", []),
                              aborted=extra.get("aborted"))
     if summary.aborted:
-        print(f"vlm3r-data extract: aborted: {summary.aborted}; rerun to resume", file=sys.stderr)
+        print(f"vlm3r-data extract: aborted: {summary.aborted}", file=sys.stderr)  # ends with "rerun to resume"
     return summary
 
 
