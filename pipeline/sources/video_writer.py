@@ -35,7 +35,7 @@ def scene_name(scene: SyntheticScene, dataset: str) -> str:
 
 
 def encode_video(path: Path, frames: np.ndarray, fps: Fraction, rotation_degrees: float | None = None) -> Path:
-    """RGB uint8 frames [T, H, W, 3] -> H.264 (yuv420p, one thread: reproducible bytes) in the container the suffix
+    """RGB uint8 frames [T, H, W, 3] -> H.264 (yuv420p, reproducible bytes: see below) in the container the suffix
     names; ``rotation_degrees`` sets the display matrix (counter-clockwise, as FFmpeg's av_display_rotation_set)."""
     import av
 
@@ -48,7 +48,9 @@ def encode_video(path: Path, frames: np.ndarray, fps: Fraction, rotation_degrees
         with av.open(str(tmp), "w", format=container_format) as container:
             stream = container.add_stream("libx264", rate=fps)
             stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-            stream.options = {"crf": "18", "threads": "1"}
+            # Reproducible bytes: one thread and x264's lookahead off (with it, the same frames encoded twice gave
+            # different streams, decoded pixels included; with asm=0 they did not: a SIMD path reads padding).
+            stream.options = {"crf": "18", "threads": "1", "x264-params": "rc-lookahead=0:mbtree=0"}
             stream.codec_context.time_base = 1 / fps
             if rotation_degrees is not None:
                 stream.set_display_rotation(rotation_degrees)

@@ -44,3 +44,25 @@ def test_generated_scenes_as_a_video_folder_and_a_question_file(tmp_path):
     assert write_benchmark_questions(records, tmp_path / "test.parquet").read_bytes() == first
     with pytest.raises(ValueError, match="JSON lines"):
         write_benchmark_questions([{**records[0], "ground_truth": 2.5}], tmp_path / "vsti.parquet")
+
+
+def test_video_folders_are_reproducible_to_the_byte(tmp_path):
+    """The same scenes give the same video files, in this process and in another one: the demo's video tokens are
+    compared by sha256 across runs (x264's lookahead made them differ before)."""
+    import hashlib
+    import subprocess
+    import sys
+
+    def digests(folder):
+        return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    scenes = generate_scenes(1, seed=2, mounted=True)
+    for run in ("a", "b"):
+        write_video_folder(scenes, tmp_path / run)
+    script = ("import sys; from pathlib import Path; from pipeline.sources.synthetic import generate_scenes; "
+              "from pipeline.sources.video_writer import write_video_folder; "
+              "write_video_folder(generate_scenes(1, seed=2, mounted=True), Path(sys.argv[1]))")
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "c")], check=True)
+    first = digests(tmp_path / "a")
+    assert len(first) == 2 and digests(tmp_path / "b") == first and digests(tmp_path / "c") == first
