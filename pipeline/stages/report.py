@@ -20,27 +20,25 @@ import tarfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 
-from pipeline.core.atomic import atomic_path, read_json, write_text
+from pipeline.core.atomic import read_json, write_text
 from pipeline.core.errors import InputError
 from pipeline.core.layout import PLOTS_DIR, QA_COUNTS, DatasetRoot, scene_key
 from pipeline.core.qa_records import iter_records
 from pipeline.core.shards import ShardRecord, complete_shards
 from pipeline.stages.contract import Ledgers
+from pipeline.stages.report_figures import (bars_height, grid_shape, hide_unused, histogram, image_line,
+                                            integer_axis, markdown_table, new_figure, save_png, short_label)
+from pipeline.stages.report_regions import (REGION_BENCH, REGION_PLOTS, RegionReport, collect_regions,
+                                            render_region_section)
 from pipeline.stages.status import RootStatus, load_errors, root_status
 
-if TYPE_CHECKING:     # report_regions builds on this module's helpers: it is imported where it is used
-    from pipeline.stages.report_regions import RegionReport
 
 REPORT_NAME = "report.md"   # plots go to PLOTS_DIR inside the report folder; every PNG there is this module's
-PLOT_DPI = 100
 TOP_ANSWERS = 8              # most frequent answers shown per multiple-choice task
-HISTOGRAM_BINS = 20
-DISCRETE_VALUES = 12         # at most this many distinct whole numbers are drawn as one bar each
-_LABEL_CHARS = 40            # longer axis labels are cut (the tables keep the full text)
 
 
 # ---- data --------------------------------------------------------------------------------------------------------
@@ -237,8 +235,6 @@ def collect(ledgers: Ledgers) -> ReportData:
         failures[(row.stage, row.error_type)] += 1
         examples[(row.stage, row.error_type)].append(f"{row.dataset}/{row.scene_id}" if row.dataset else row.scene_id)
     routes_per_scene, turns, plots = _collect_routes(root, ledgers)
-    from pipeline.stages.report_regions import collect_regions
-
     return ReportData(status, qa, tasks, _collect_scenes(root, ledgers, token_records),
                       _collect_shards(root, token_records), failures,
                       {k: sorted(v) for k, v in sorted(examples.items())}, routes_per_scene, turns, plots,
@@ -247,53 +243,12 @@ def collect(ledgers: Ledgers) -> ReportData:
 
 # ---- plots (pure: data -> matplotlib Figure, or None when there is nothing to show) -------------------------------
 
-def _short(label: str) -> str:
-    return label if len(label) <= _LABEL_CHARS else label[:_LABEL_CHARS - 3] + "..."
-
-
-def _integer_axis():
-    from matplotlib.ticker import MaxNLocator
-
-    return MaxNLocator(integer=True, min_n_ticks=1)   # whole-number ticks even when one integer is in view
-
-
-def _figure(width_in: float, height_in: float, rows: int = 1, cols: int = 1):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width_in, height_in), dpi=PLOT_DPI)
-    axes = fig.subplots(rows, cols, squeeze=False)
-    return fig, axes
-
-
-def _histogram(ax, values, color: str) -> None:
-    """Histogram that treats whole numbers as such: with few distinct integers (32 manifest frames in every scene,
-    object counts 2..5) one labelled bar per value, otherwise ``HISTOGRAM_BINS`` bins; never an axis offset."""
-    a = np.asarray(values, dtype=np.float64)
-    distinct, counts = np.unique(a, return_counts=True)
-    if np.all(distinct == np.round(distinct)) and len(distinct) <= DISCRETE_VALUES:
-        ax.bar(np.arange(len(distinct)), counts, width=0.8, color=color,
-               tick_label=[str(int(v)) for v in distinct])
-    else:
-        ax.hist(a, bins=HISTOGRAM_BINS, color=color)
-        ax.ticklabel_format(axis="x", useOffset=False, style="plain")
-
-
-def _bars_height(bars: int) -> float:
-    """Inches for a horizontal bar chart: a fixed margin plus a fixed height per bar (never squashed)."""
-    return max(2.5, 1.2 + 0.28 * bars)
-
-
-def _hide_unused(axes, used: int) -> None:
-    for ax in axes.flat[used:]:
-        ax.set_visible(False)
-
-
 def plot_questions_per_task(data: ReportData):
     if not data.tasks:
         return None
     labels = [f"{bench}/{task}" for bench, task in data.tasks]
     splits = sorted({s for t in data.tasks.values() for s in t.questions_per_split})
-    fig, axes = _figure(9, _bars_height(len(labels)))
+    fig, axes = new_figure(9, bars_height(len(labels)))
     ax = axes[0, 0]
     y = np.arange(len(labels))
     left = np.zeros(len(labels))
@@ -301,9 +256,9 @@ def plot_questions_per_task(data: ReportData):
         counts = np.array([t.questions_per_split.get(split, 0) for t in data.tasks.values()], dtype=float)
         ax.barh(y, counts, left=left, color=f"C{k}", label=split)
         left += counts
-    ax.set_yticks(y, [_short(lbl) for lbl in labels], fontsize=7)
+    ax.set_yticks(y, [short_label(lbl) for lbl in labels], fontsize=7)
     ax.invert_yaxis()
-    ax.xaxis.set_major_locator(_integer_axis())
+    ax.xaxis.set_major_locator(integer_axis())
     ax.set_xlabel("questions")
     ax.set_title(f"Questions per task ({data.total_questions} in total)", fontsize=9, loc="left")
     # Above the axes, so it never hides a bar.
@@ -326,7 +281,7 @@ def plot_letter_balance(data: ReportData):
     if not tasks:
         return None
     letters = sorted({letter for _, t in tasks for letter in t.letters})
-    fig, axes = _figure(9, _bars_height(len(tasks)))
+    fig, axes = new_figure(9, bars_height(len(tasks)))
     ax = axes[0, 0]
     y = np.arange(len(tasks))
     left = np.zeros(len(tasks))
@@ -334,7 +289,7 @@ def plot_letter_balance(data: ReportData):
         share = np.array([t.letters.get(letter, 0) / t.multiple_choice for _, t in tasks])
         ax.barh(y, share, left=left, color=f"C{k}", label=letter)
         left += share
-    ax.set_yticks(y, [_short(name) for name, _ in tasks], fontsize=7)
+    ax.set_yticks(y, [short_label(name) for name, _ in tasks], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of the task's questions whose correct option has this letter")
@@ -345,24 +300,20 @@ def plot_letter_balance(data: ReportData):
     return fig
 
 
-def _grid(n: int, cols: int = 3) -> tuple[int, int]:
-    return max(1, -(-n // cols)), min(cols, n)
-
-
 def plot_mc_answers(data: ReportData):
     tasks = _mc_tasks(data)
     if not tasks:
         return None
-    rows, cols = _grid(len(tasks))
-    fig, axes = _figure(4.0 * cols, 2.6 * rows, rows, cols)
+    rows, cols = grid_shape(len(tasks))
+    fig, axes = new_figure(4.0 * cols, 2.6 * rows, rows, cols)
     for ax, (name, task) in zip(axes.flat, tasks):
         top = _top_answers(task)
         ax.barh(np.arange(len(top)), [n for _, n in top], color="C0")
-        ax.set_yticks(np.arange(len(top)), [_short(a)[:24] for a, _ in top], fontsize=6)
+        ax.set_yticks(np.arange(len(top)), [short_label(a)[:24] for a, _ in top], fontsize=6)
         ax.invert_yaxis()
-        ax.set_title(_short(name), fontsize=7)
+        ax.set_title(short_label(name), fontsize=7)
         ax.tick_params(axis="x", labelsize=6)
-    _hide_unused(axes, len(tasks))
+    hide_unused(axes, len(tasks))
     fig.suptitle(f"Most frequent correct answers (top {TOP_ANSWERS} per task)", fontsize=9)
     fig.tight_layout()
     return fig
@@ -377,14 +328,14 @@ def plot_numeric_answers(data: ReportData):
     tasks = _numeric_tasks(data)
     if not tasks:
         return None
-    rows, cols = _grid(len(tasks))
-    fig, axes = _figure(4.0 * cols, 2.6 * rows, rows, cols)
+    rows, cols = grid_shape(len(tasks))
+    fig, axes = new_figure(4.0 * cols, 2.6 * rows, rows, cols)
     for ax, (name, task) in zip(axes.flat, tasks):
-        _histogram(ax, task.numeric, "C2")
-        ax.set_title(f"{_short(name)} (n={len(task.numeric)})", fontsize=7)
+        histogram(ax, task.numeric, "C2")
+        ax.set_title(f"{short_label(name)} (n={len(task.numeric)})", fontsize=7)
         ax.set_ylabel("questions", fontsize=6)
         ax.tick_params(labelsize=6)
-    _hide_unused(axes, len(tasks))
+    hide_unused(axes, len(tasks))
     fig.suptitle("Numeric ground-truth answers (benchmark units)", fontsize=9)
     fig.tight_layout()
     return fig
@@ -394,16 +345,16 @@ def plot_frames_tokens(data: ReportData):
     if not data.scenes:
         return None
     tokens = [s.tokens for s in data.scenes if s.tokens is not None]
-    fig, axes = _figure(10, 3.2, 1, 3 if tokens else 2)
+    fig, axes = new_figure(10, 3.2, 1, 3 if tokens else 2)
     ax = axes[0, 0]
-    _histogram(ax, [s.stream_frames for s in data.scenes], "C0")
+    histogram(ax, [s.stream_frames for s in data.scenes], "C0")
     ax.set_title("source frames per scene", fontsize=8)
     ax = axes[0, 1]
-    _histogram(ax, [s.manifest_frames for s in data.scenes], "C1")
+    histogram(ax, [s.manifest_frames for s in data.scenes], "C1")
     ax.set_title("manifest frames per scene", fontsize=8)
     if tokens:
         ax = axes[0, 2]
-        _histogram(ax, tokens, "C4")
+        histogram(ax, tokens, "C4")
         ax.set_title("geometry tokens per scene", fontsize=8)
     for ax in axes.flat:
         ax.set_ylabel("scenes", fontsize=7)
@@ -415,11 +366,11 @@ def plot_frames_tokens(data: ReportData):
 def plot_shard_sizes(data: ReportData):
     if not data.shards:
         return None
-    fig, axes = _figure(9, 3.0, 1, len(data.shards))
+    fig, axes = new_figure(9, 3.0, 1, len(data.shards))
     for ax, shards in zip(axes.flat, data.shards):
         x = np.arange(len(shards.files))
         ax.bar(x, np.asarray(shards.sizes_bytes) / 1e6, color="C0")
-        ax.xaxis.set_major_locator(_integer_axis())
+        ax.xaxis.set_major_locator(integer_axis())
         ax.set_xlabel("shard index", fontsize=7)
         ax.set_ylabel("MB", fontsize=7)
         ax.set_title(f"{shards.name}: {len(shards.files)} shards, {sum(shards.samples)} samples", fontsize=8)
@@ -432,15 +383,15 @@ def plot_failures(data: ReportData):
     if not data.failures:
         return None
     items = sorted(data.failures.items())
-    fig, axes = _figure(8, _bars_height(len(items)))
+    fig, axes = new_figure(8, bars_height(len(items)))
     ax = axes[0, 0]
     stages = sorted({stage for (stage, _), _ in items})
     colours = {stage: f"C{k}" for k, stage in enumerate(stages)}
     y = np.arange(len(items))
     ax.barh(y, [n for _, n in items], color=[colours[stage] for (stage, _), _ in items])
-    ax.set_yticks(y, [_short(f"{stage}: {etype}") for (stage, etype), _ in items], fontsize=7)
+    ax.set_yticks(y, [short_label(f"{stage}: {etype}") for (stage, etype), _ in items], fontsize=7)
     ax.invert_yaxis()
-    ax.xaxis.set_major_locator(_integer_axis())
+    ax.xaxis.set_major_locator(integer_axis())
     ax.set_xlabel("failed inputs (error rows)")
     ax.set_title("Failures by cause", fontsize=9)
     fig.tight_layout()
@@ -450,9 +401,9 @@ def plot_failures(data: ReportData):
 def plot_route_turns(data: ReportData):
     if not data.route_turns:
         return None
-    fig, axes = _figure(5, 3.0)
+    fig, axes = new_figure(5, 3.0)
     ax = axes[0, 0]
-    _histogram(ax, data.route_turns, "C3")
+    histogram(ax, data.route_turns, "C3")
     ax.set_xlabel("turns per route")
     ax.set_ylabel("routes")
     ax.set_title(f"{len(data.route_turns)} routes in {len(data.routes_per_scene)} scenes", fontsize=9)
@@ -472,34 +423,7 @@ PLOTS: dict[str, Callable[[ReportData], Any]] = {
 }
 
 
-def save_png(fig, path: Path) -> None:
-    """Atomic, deterministic PNG: no "Software" metadata (the only varying field Agg would write)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=PLOT_DPI, metadata={"Software": None})
-
-
 # ---- Markdown ------------------------------------------------------------------------------------------------------
-
-def _table(header: list[str], rows: list[list[Any]], left: int = 1) -> list[str]:
-    """A Markdown table; the first ``left`` columns and every column whose cells are not all numbers align left."""
-    def cell(value: Any) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    def is_number(value: Any) -> bool:
-        try:
-            float(str(value))
-            return True
-        except ValueError:
-            return False
-
-    align = ["---:" if i >= left and rows and all(is_number(r[i]) for r in rows) else "---"
-             for i in range(len(header))]
-    return ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"] + \
-        ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-
 
 def _number(value: float, decimals: int) -> str:
     # Whole numbers (frame counts, most medians of counts) without a misleading ".0".
@@ -512,11 +436,6 @@ def _summary(values: list[float], decimals: int = 1) -> list[str]:
     return [_number(v, decimals) for v in (a.min(), np.median(a), a.mean(), a.max())]
 
 
-def _image(lines: list[str], plots: dict[str, str], name: str, alt: str) -> None:
-    if name in plots:
-        lines += ["", f"![{alt}]({plots[name]})"]
-
-
 def _rel(path: str | Path, start: Path) -> str:
     return Path(os.path.relpath(Path(path).resolve(), start.resolve())).as_posix()
 
@@ -527,7 +446,7 @@ def render_markdown(data: ReportData, plots: dict[str, str], out_dir: Path) -> s
              + (f" (vlm3r-data {data.status.code_version})" if data.status.code_version else "") + ".", ""]
 
     lines += ["## Stages", ""]
-    lines += _table(["stage", "state", "done", "total", "stale", "failed", "pending", "unit", "outputs (in the root)"],
+    lines += markdown_table(["stage", "state", "done", "total", "stale", "failed", "pending", "unit", "outputs (in the root)"],
                     [[s.stage, s.state, s.done, s.total, s.stale, s.failed, s.pending, s.unit,
                       f"`{_rel(s.outputs, Path(data.status.root))}`" if s.outputs else ""]
                      for s in data.status.stages if s.stage != "stats"],     # not the report itself
@@ -536,7 +455,7 @@ def render_markdown(data: ReportData, plots: dict[str, str], out_dir: Path) -> s
     if stale:
         lines += ["", f"**{len(stale)} stale output(s)**: made from outputs that were rebuilt since; rebuild them "
                       "(the stage's command with `--rebuild`) before using them.", ""]
-        lines += _table(["stage", "unit", "why"], [[st, f"`{u}`", why] for st, u, why in stale[:50]], left=3)
+        lines += markdown_table(["stage", "unit", "why"], [[st, f"`{u}`", why] for st, u, why in stale[:50]], left=3)
         if len(stale) > 50:
             lines.append(f"... and {len(stale) - 50} more (`vlm3r-data status --root ...`)")
 
@@ -545,14 +464,14 @@ def render_markdown(data: ReportData, plots: dict[str, str], out_dir: Path) -> s
         lines.append("No QA files (run `vlm3r-data qa`).")
     else:
         lines += [f"Total questions: **{data.total_questions}** in {len(data.qa_files)} files.", ""]
-        lines += _table(["file", "questions", "scenes with questions"],
+        lines += markdown_table(["file", "questions", "scenes with questions"],
                         [[f"`{f.path}`", f.questions, f.scenes] for f in data.qa_files])
         splits = sorted({s for t in data.tasks.values() for s in t.questions_per_split})
         lines += ["", "Questions per task and split:", ""]
-        lines += _table(["bench", "task", *splits, "total"],
+        lines += markdown_table(["bench", "task", *splits, "total"],
                         [[b, t, *[a.questions_per_split.get(s, 0) for s in splits], a.questions]
                          for (b, t), a in data.tasks.items()], left=2)
-        _image(lines, plots, "questions_per_task.png", "questions per task")
+        image_line(lines, plots, "questions_per_task.png", "questions per task")
 
     mc = [(k, a) for k, a in data.tasks.items() if a.multiple_choice]
     if mc:
@@ -566,24 +485,24 @@ def render_markdown(data: ReportData, plots: dict[str, str], out_dir: Path) -> s
             uniform = 1.0 / max(len(offered), 1)
             dev = max(abs(a.letters.get(letter, 0) / a.multiple_choice - uniform) for letter in offered)
             rows.append([b, t, a.multiple_choice, *[a.letters.get(letter, 0) for letter in letters], f"{dev:.3f}"])
-        lines += _table(["bench", "task", "questions", *letters, "max dev"], rows, left=2)
-        _image(lines, plots, "letter_balance.png", "option-letter balance")
+        lines += markdown_table(["bench", "task", "questions", *letters, "max dev"], rows, left=2)
+        image_line(lines, plots, "letter_balance.png", "option-letter balance")
         lines += ["", "## Answer distributions (multiple choice)", ""]
-        lines += _table(["bench", "task", "distinct answers", f"most frequent (top {TOP_ANSWERS})"],
+        lines += markdown_table(["bench", "task", "distinct answers", f"most frequent (top {TOP_ANSWERS})"],
                         [[b, t, len(a.answer_texts), "; ".join(f"{ans} ({n})" for ans, n in _top_answers(a))]
                          for (b, t), a in mc], left=2)
-        _image(lines, plots, "mc_answers.png", "most frequent answers")
+        image_line(lines, plots, "mc_answers.png", "most frequent answers")
 
     numeric = [(k, a) for k, a in data.tasks.items() if a.numeric]
     if numeric:
         lines += ["", "## Numeric answers", ""]
-        lines += _table(["bench", "task", "questions", "min", "median", "mean", "max"],
+        lines += markdown_table(["bench", "task", "questions", "min", "median", "mean", "max"],
                         [[b, t, len(a.numeric), *_summary(a.numeric, 2)] for (b, t), a in numeric], left=2)
-        _image(lines, plots, "numeric_answers.png", "numeric answer histograms")
+        image_line(lines, plots, "numeric_answers.png", "numeric answer histograms")
 
-    from pipeline.stages.report_regions import render_region_section
-
-    lines += render_region_section(data, plots)
+    stale_region_files = sorted(unit for s in data.status.stages if s.stage == "qa" for unit in s.stale_units
+                                if unit.startswith(f"{REGION_BENCH}/"))
+    lines += render_region_section(data.regions, stale_region_files, plots)
 
     lines += ["", "## Frames and tokens per scene", ""]
     if not data.scenes:
@@ -597,8 +516,8 @@ def render_markdown(data: ReportData, plots: dict[str, str], out_dir: Path) -> s
             rows.append(["geometry tokens", len(with_tokens), *_summary([s.tokens for s in with_tokens])])
             rows.append(["token sample MB", len(with_tokens),
                          *_summary([s.sample_bytes / 1e6 for s in with_tokens], 2)])
-        lines += _table(["per scene", "scenes", "min", "median", "mean", "max"], rows)
-        _image(lines, plots, "frames_tokens.png", "frames and tokens per scene")
+        lines += markdown_table(["per scene", "scenes", "min", "median", "mean", "max"], rows)
+        image_line(lines, plots, "frames_tokens.png", "frames and tokens per scene")
 
     lines += ["", "## Shards", ""]
     if not data.shards:
@@ -610,9 +529,9 @@ def render_markdown(data: ReportData, plots: dict[str, str], out_dir: Path) -> s
             rows.append([f"`{s.name}`", len(s.files), sum(s.samples),
                          "" if s.questions is None else sum(s.questions), f"{sum(mb):.2f}",
                          *[_summary(mb, 2)[i] for i in (0, 1, 3)]])
-        lines += _table(["shards", "files", "samples", "questions", "total MB", "min MB", "median MB", "max MB"],
+        lines += markdown_table(["shards", "files", "samples", "questions", "total MB", "min MB", "median MB", "max MB"],
                         rows)
-        _image(lines, plots, "shard_sizes.png", "shard sizes")
+        image_line(lines, plots, "shard_sizes.png", "shard sizes")
 
     lines += ["", "## Failures by cause", ""]
     if not data.failures:
@@ -623,8 +542,8 @@ def render_markdown(data: ReportData, plots: dict[str, str], out_dir: Path) -> s
         for (stage, etype), n in sorted(data.failures.items()):
             examples = data.failure_examples[(stage, etype)]
             rows.append([stage, etype, n, ", ".join(examples[:5]) + (" ..." if len(examples) > 5 else "")])
-        lines += _table(["stage", "error type", "rows", "scenes"], rows, left=2)
-        _image(lines, plots, "failures.png", "failures by cause")
+        lines += markdown_table(["stage", "error type", "rows", "scenes"], rows, left=2)
+        image_line(lines, plots, "failures.png", "failures by cause")
 
     if data.routes_per_scene or data.route_plots:
         lines += ["", "## Routes", ""]
@@ -634,7 +553,7 @@ def render_markdown(data: ReportData, plots: dict[str, str], out_dir: Path) -> s
                       f"max {max(data.route_turns)}."]
         else:
             lines.append(f"No routes in {len(data.routes_per_scene)} scenes.")
-        _image(lines, plots, "route_turns.png", "turns per route")
+        image_line(lines, plots, "route_turns.png", "turns per route")
         if data.route_plots:
             lines += ["", "Top-down route plots:", ""]
             lines += [f"- [{Path(p).parent.name}/{Path(p).stem}]({_rel(p, out_dir)})" for p in data.route_plots]
@@ -654,8 +573,6 @@ def write_report(ledgers: Ledgers, out_dir: str | Path | None = None) -> ReportR
     """Collect, plot and write ``<out_dir>/report.md`` (default ``ROOT/report``) with its PNGs in ``plots/``."""
     from matplotlib import style
 
-    from pipeline.stages.report_regions import REGION_PLOTS
-
     out = Path(out_dir) if out_dir is not None else ledgers.root.report_dir
     data = collect(ledgers)
     plots_dir = out / PLOTS_DIR
@@ -663,8 +580,10 @@ def write_report(ledgers: Ledgers, out_dir: str | Path | None = None) -> ReportR
     paths = []
     # The default style, not the user's matplotlibrc: same pixels on every machine with this matplotlib.
     with style.context("default"):
-        for name, plot in {**PLOTS, **REGION_PLOTS}.items():
-            fig = plot(data)
+        figures = {**{name: (plot, data) for name, plot in PLOTS.items()},
+                   **{name: (plot, data.regions) for name, plot in REGION_PLOTS.items()}}
+        for name, (plot, of) in figures.items():
+            fig = plot(of)
             if fig is None:
                 continue
             save_png(fig, plots_dir / name)

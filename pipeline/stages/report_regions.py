@@ -27,8 +27,8 @@ from pipeline.core.masks import decode_rle, rle_area
 from pipeline.core.qa_records import iter_records
 from pipeline.core.shards import ShardRecord
 from pipeline.stages.contract import Ledgers
-from pipeline.stages.report import (HISTOGRAM_BINS, ReportData, _bars_height, _figure, _grid, _hide_unused, _image,
-                                    _integer_axis, _short, _table)
+from pipeline.stages.report_figures import (HISTOGRAM_BINS, bars_height, grid_shape, hide_unused, image_line,
+                                            integer_axis, markdown_table, new_figure, short_label)
 
 REGION_BENCH = "regionbench"
 PROMPT_PANELS = 6                       # frames drawn in region_prompts.png (whole questions only)
@@ -262,13 +262,12 @@ def prompt_overlay(image: np.ndarray, rle: dict[str, Any], colour: tuple[int, in
 
 # ---- plots (pure: data -> matplotlib Figure, or None when there is nothing to show) -------------------------------
 
-def plot_region_covisibility(data: ReportData):
-    regions = data.regions
+def plot_region_covisibility(regions: RegionReport | None):
     tasks = [(name, t) for name, t in regions.tasks.items() if t.multi_region] if regions else []
     if not tasks:
         return None
     values = sorted({v for _, t in tasks for v in t.together})
-    fig, axes = _figure(9, _bars_height(len(tasks)))
+    fig, axes = new_figure(9, bars_height(len(tasks)))
     ax = axes[0, 0]
     y = np.arange(len(tasks))
     left = np.zeros(len(tasks))
@@ -276,9 +275,9 @@ def plot_region_covisibility(data: ReportData):
         counts = np.array([t.together.get(value, 0) for _, t in tasks], dtype=float)
         ax.barh(y, counts, left=left, color=f"C{(value - 1) % 10}", label=str(value))
         left += counts
-    ax.set_yticks(y, [_short(name) for name, _ in tasks], fontsize=7)
+    ax.set_yticks(y, [short_label(name) for name, _ in tasks], fontsize=7)
     ax.invert_yaxis()
-    ax.xaxis.set_major_locator(_integer_axis())
+    ax.xaxis.set_major_locator(integer_axis())
     ax.set_xlabel("questions with 2+ regions")
     ax.set_title(f"Most regions in one frame; {regions.never_all}/{regions.multi_region} never all together",
                  fontsize=9, loc="left")
@@ -295,10 +294,9 @@ def _area_bins(values: np.ndarray) -> np.ndarray:
     return np.geomspace(low, high * 1.0001 if high > low else low * 10.0, HISTOGRAM_BINS + 1)
 
 
-def plot_region_mask_areas(data: ReportData):
+def plot_region_mask_areas(regions: RegionReport | None):
     from matplotlib.ticker import FuncFormatter
 
-    regions = data.regions
     if regions is None:
         return None
     series = []
@@ -309,7 +307,7 @@ def plot_region_mask_areas(data: ReportData):
         series.append(("prompts used by the questions", np.asarray(regions.prompt_areas), "C1"))
     if not series:
         return None
-    fig, axes = _figure(4.5 * len(series), 3.0, 1, len(series))
+    fig, axes = new_figure(4.5 * len(series), 3.0, 1, len(series))
     for ax, (label, fractions, colour) in zip(axes.flat, series):
         percent = 100.0 * np.asarray(fractions, np.float64)
         ax.hist(percent, bins=_area_bins(percent), color=colour)
@@ -345,15 +343,15 @@ def draw_prompt(ax, panel: PromptPanel) -> None:
     ax.set_title(panel.title, fontsize=6)
 
 
-def plot_region_prompts(data: ReportData):
-    panels = data.regions.panels if data.regions else []
+def plot_region_prompts(regions: RegionReport | None):
+    panels = regions.panels if regions else []
     if not panels:
         return None
-    rows, cols = _grid(len(panels))
-    fig, axes = _figure(3.4 * cols, 3.0 * rows, rows, cols)
+    rows, cols = grid_shape(len(panels))
+    fig, axes = new_figure(3.4 * cols, 3.0 * rows, rows, cols)
     for ax, panel in zip(axes.flat, panels):
         draw_prompt(ax, panel)
-    _hide_unused(axes, len(panels))
+    hide_unused(axes, len(panels))
     sources = sorted({p.image_source for p in panels})
     fig.suptitle(f"Region prompts of regionbench questions whose instances never all share a frame "
                  f"(frames: {', '.join(sources)})", fontsize=8)
@@ -379,14 +377,12 @@ def _area_row(label: str, fractions) -> list[Any]:
     return [label, len(fractions), *[f"{v:.2f}" for v in q]]
 
 
-def render_region_section(data: ReportData, plots: dict[str, str]) -> list[str]:
-    """The ``## Region prompts`` lines (none when the root has no regionbench questions and no region prompts)."""
-    regions = data.regions
+def render_region_section(regions: RegionReport | None, stale: list[str], plots: dict[str, str]) -> list[str]:
+    """The ``## Region prompts`` lines (none when the root has no regionbench questions and no region prompts);
+    ``stale``: the regionbench question files the root's status calls stale."""
     if regions is None:
         return []
     lines = ["", "## Region prompts", ""]
-    stale = sorted(unit for s in data.status.stages if s.stage == "qa" for unit in s.stale_units
-                   if unit.startswith(f"{REGION_BENCH}/"))
     if stale:
         lines += ["**Stale question files** (made from graphs rebuilt since: their prompts may not match "
                   f"`regions.parquet`): {', '.join(f'`{u}`' for u in stale)}.", ""]
@@ -396,7 +392,7 @@ def render_region_section(data: ReportData, plots: dict[str, str]) -> list[str]:
         splits = sorted({s for t in regions.tasks.values() for s in t.questions_per_split})
         lines += [f"{regions.questions} regionbench questions with {len(regions.prompt_areas)} region prompts: "
                   "every object is a `Region [i]` with one prompt (a manifest frame, its box and mask).", ""]
-        lines += _table(["task", *splits, "total", "regions / question (mean)", "regions / question (max)"],
+        lines += markdown_table(["task", *splits, "total", "regions / question (mean)", "regions / question (max)"],
                         [[task, *[t.questions_per_split.get(s, 0) for s in splits], t.questions,
                           f"{np.mean(t.regions_per_question):.2f}", max(t.regions_per_question)]
                          for task, t in regions.tasks.items()])
@@ -405,7 +401,7 @@ def render_region_section(data: ReportData, plots: dict[str, str]) -> list[str]:
         values = sorted({v for _, t in multi for v in t.together})
         lines += ["", "Co-visibility of the questions with 2+ regions: questions by the largest number of their "
                       "instances that one manifest frame shows together (1 = no two of them ever share a frame).", ""]
-        lines += _table(["task", "questions", *[str(v) for v in values], "never all in one frame (%)",
+        lines += markdown_table(["task", "questions", *[str(v) for v in values], "never all in one frame (%)",
                          "no two in one frame (%)"],
                         [[task, t.multi_region, *[t.together.get(v, 0) for v in values],
                           _percent(t.never_all, t.multi_region), _percent(t.no_two, t.multi_region)]
@@ -415,7 +411,7 @@ def render_region_section(data: ReportData, plots: dict[str, str]) -> list[str]:
                       f"frame shows all together (regionbench keeps this at 50% or more); {regions.no_two} "
                       f"({_percent(regions.no_two, regions.multi_region)}%) about instances no two of which share "
                       "a frame."]
-        _image(lines, plots, "region_covisibility.png", "region co-visibility")
+        image_line(lines, plots, "region_covisibility.png", "region co-visibility")
     rows = []
     if regions.tables is not None and regions.tables.regions:
         rows.append(_area_row(f"all regions (regions.parquet, {regions.tables.scenes} scenes)",
@@ -424,8 +420,8 @@ def render_region_section(data: ReportData, plots: dict[str, str]) -> list[str]:
         rows.append(_area_row("prompts used by the questions", regions.prompt_areas))
     if rows:
         lines += ["", "Mask areas: visible pixels as % of the frame (quantiles).", ""]
-        lines += _table(["masks", "count", *[f"q{int(round(100 * q))}" for q in AREA_QUANTILES]], rows)
-        _image(lines, plots, "region_mask_areas.png", "region mask areas")
+        lines += markdown_table(["masks", "count", *[f"q{int(round(100 * q))}" for q in AREA_QUANTILES]], rows)
+        image_line(lines, plots, "region_mask_areas.png", "region mask areas")
     tables = regions.tables
     if tables is None:
         lines += ["", "No graph has region prompts (`regions.parquet`)."]
@@ -437,11 +433,11 @@ def render_region_section(data: ReportData, plots: dict[str, str]) -> list[str]:
         total_truncated = sum(tables.truncated.values())
         source_rows.append(["all", tables.regions, _percent(tables.regions, tables.regions), total_truncated,
                             _percent(total_truncated, tables.regions)])
-        lines += _table(["source", "regions", "share (%)", "truncated", "truncated (%)"], source_rows)
+        lines += markdown_table(["source", "regions", "share (%)", "truncated", "truncated (%)"], source_rows)
     if "region_prompts.png" in plots:
         sources = sorted({p.image_source for p in regions.panels})
         lines += ["", f"Region prompts drawn on their frames ({len(regions.panels)} panels; frames from the "
                       f"{' and '.join(sources)}): the first questions, benchmark splits first, whose instances never "
                       "all share a frame; each region on its own frame."]
-        _image(lines, plots, "region_prompts.png", "region prompts on their frames")
+        image_line(lines, plots, "region_prompts.png", "region prompts on their frames")
     return lines

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import main
-from pipeline.stages.report import PLOT_DPI
+from pipeline.stages.report_figures import PLOT_DPI
 from pipeline.core.tokens import read_shard
 
 IMAGE_RE = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")

@@ -211,7 +211,7 @@ def test_region_prompts_png_shows_each_mask_where_it_is(report):
     assert chosen and chosen[0][0] == "val"
     regions = [(split, r, i, g) for split, r in chosen for i, g in enumerate(r["regions"])]
     with style.context("default"):
-        fig = plot_region_prompts(collect(ledgers_of(root)))
+        fig = plot_region_prompts(collect(ledgers_of(root)).regions)
         pixels = rendered(fig)
     with Image.open(root / "report" / "plots" / "region_prompts.png") as im:
         assert np.array_equal(np.asarray(im.convert("RGB")).astype(int), pixels)   # the figure that was saved
@@ -235,7 +235,7 @@ def test_prompt_on_a_resized_frame_lines_up_with_the_stored_frame():
     from matplotlib import style
 
     from pipeline.core.masks import encode_mask
-    from pipeline.stages.report import _figure
+    from pipeline.stages.report_figures import new_figure
 
     rng = np.random.default_rng(0)
     stored = rng.integers(0, 256, size=(12, 16, 3), dtype=np.uint8)          # 16 x 12 stored frame
@@ -246,7 +246,7 @@ def test_prompt_on_a_resized_frame_lines_up_with_the_stored_frame():
     squashed = stored[(np.arange(384) * 12 // 384)[:, None], (np.arange(384) * 16 // 384)[None, :]]
     panel = PromptPanel("t", 1, rle, [4, 3, 11, 8], squashed, report_regions.SOURCE_TOKENS)
     with style.context("default"):
-        fig, axes = _figure(4, 3)
+        fig, axes = new_figure(4, 3)
         draw_prompt(axes[0, 0], panel)
         fig.tight_layout()
         pixels = rendered(fig)
@@ -318,7 +318,7 @@ def test_prompts_drawn_on_token_jpegs_are_scaled_to_the_stored_frame(built_root,
     text = (root / "report" / "report.md").read_text(encoding="utf-8")
     assert "frames from the token shards' JPEGs" in section(text, "Region prompts")
     with style.context("default"):
-        fig = plot_region_prompts(collect(ledgers_of(root)))
+        fig = plot_region_prompts(collect(ledgers_of(root)).regions)
     regions = [(r, i, g) for _, r in drawn_questions(root) for i, g in enumerate(r["regions"])]
     axes = [ax for ax in fig.axes if ax.get_visible()]
     assert len(axes) == len(regions)
