@@ -21,36 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.core.atomic import write_json  # noqa: E402
-from pipeline.core.scene import CanonicalScene, build_manifest, frames_columns, objects_table  # noqa: E402
-from pipeline.core.schemas import FRAMES_SCHEMA, column_as_array, table_from_columns  # noqa: E402
-from pipeline.sources.synthetic import SyntheticScene, generate_scene  # noqa: E402
-
-
-def canonical_from_synthetic(s: SyntheticScene, split: str = "train"):
-    """(CanonicalScene, manifest, depths by rank, instance masks by rank) straight from the generator's truth."""
-    t = len(s.camera_to_world)
-    cols = frames_columns(t)
-    c2w = s.camera_to_world.reshape(t, 16).copy()
-    valid = np.ones(t, bool)
-    valid[list(s.invalid_frames)] = False
-    c2w[~valid] = np.nan
-    k = s.intrinsics
-    cols.update(timestamp=s.timestamps, camera_to_world=c2w, valid=valid,
-                fx=np.full(t, k[0, 0]), fy=np.full(t, k[1, 1]), cx=np.full(t, k[0, 2]), cy=np.full(t, k[1, 2]),
-                width=np.full(t, s.width, np.int32), height=np.full(t, s.height, np.int32),
-                depth_width=np.full(t, s.width, np.int32), depth_height=np.full(t, s.height, np.int32),
-                depth_fx=np.full(t, k[0, 0]), depth_fy=np.full(t, k[1, 1]), depth_cx=np.full(t, k[0, 2]),
-                depth_cy=np.full(t, k[1, 2]))
-    frames = table_from_columns(FRAMES_SCHEMA, cols)
-    objs = s.objects
-    objects = objects_table([o.instance_id for o in objs], [o.label for o in objs], [o.label for o in objs],
-                            [o.centroid for o in objs], [o.lengths for o in objs], [o.axes for o in objs],
-                            [int((s.vertex_instance == o.instance_id).sum()) for o in objs])
-    scene = CanonicalScene("scannet", s.name, split, frames, objects, s.vertices, s.faces, s.colors,
-                           s.vertex_instance)
-    manifest = build_manifest(frames)
-    picks = column_as_array(manifest, "frame_index").astype(int)
-    return scene, manifest, [s.depth[i] for i in picks], [s.instance[i] for i in picks]
+from pipeline.sources.synthetic import canonical_inputs, generate_scene  # noqa: E402
 
 
 def graph_and_qa(unit) -> dict:
@@ -76,7 +47,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "qa.json")
     args = parser.parse_args()
 
-    units = [canonical_from_synthetic(generate_scene(seed, num_frames=args.frames)) for seed in range(args.scenes)]
+    units = [canonical_inputs(generate_scene(seed, num_frames=args.frames)) for seed in range(args.scenes)]
 
     # One process (warm the imports on one scene first so both modes pay the same start-up).
     graph_and_qa(units[0])
