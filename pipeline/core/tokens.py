@@ -52,6 +52,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
@@ -139,10 +141,7 @@ def float32_to_bf16_bits(values: np.ndarray) -> np.ndarray:
 
 def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
     """bfloat16 bit patterns (uint16) -> float32 (exact: bf16 is the upper half of a float32)."""
-    bits = np.asarray(bits, dtype=np.uint16)
-    out = np.empty(bits.shape, dtype=np.uint32)
-    np.left_shift(bits, 16, out=out, dtype=np.uint32)  # one pass: widened and shifted in the same loop
-    return out.view(np.float32)
+    return decode_tokens(bits, "bfloat16")
 
 
 def float32_to_e4m3_bits(values: np.ndarray) -> np.ndarray:
@@ -194,10 +193,7 @@ _E4M3_PAIRS = np.ascontiguousarray(np.stack(np.meshgrid(E4M3_VALUES, E4M3_VALUES
 
 def e4m3_bits_to_float32(bits: np.ndarray) -> np.ndarray:
     """float8 E4M3 bit patterns (uint8) -> float32 (exact)."""
-    bits = np.ascontiguousarray(bits, dtype=np.uint8)
-    if bits.size % 2 or sys.byteorder != "little":
-        return np.take(E4M3_VALUES, bits)
-    return np.take(_E4M3_PAIRS, bits.reshape(-1).view(np.uint16)).view(np.float32).reshape(bits.shape)
+    return _decode(bits, "float8_e4m3", None, None)
 
 
 def channel_scales(values: np.ndarray, max_code: float) -> np.ndarray:
@@ -227,15 +223,13 @@ def quantize_tokens(values: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndar
     return codes, scale
 
 
-def dequantize_tokens(codes: np.ndarray, scale: np.ndarray, dtype: str) -> np.ndarray:
-    """(codes, scales) of a scaled codec -> float32 tokens ``code * scale``."""
+def dequantize_tokens(codes: np.ndarray, scale: np.ndarray, dtype: str, *, threads: int | None = None
+                      ) -> np.ndarray:
+    """(codes, scales) of a scaled codec -> float32 tokens ``code * scale`` (see :func:`decode_tokens`)."""
     codec = token_codec(dtype)
-    scale = np.asarray(scale, dtype=np.float32)
-    if codec.name == "float8_e4m3":
-        values = e4m3_bits_to_float32(codes)
-        return np.multiply(values, scale, out=values)
-    # int8 -> float32 and the product in one pass
-    return np.multiply(codes, scale, out=np.empty(np.shape(codes), np.float32), dtype=np.float32)
+    if not codec.scaled:
+        raise ValueError(f"{codec.name} is not a scaled codec (use decode_tokens)")
+    return _decode(codes, codec.name, scale, threads)
 
 
 def encode_tokens(values: np.ndarray, dtype: str) -> np.ndarray:
@@ -255,17 +249,22 @@ def store_tokens(values: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray
     return encode_tokens(values, dtype), None
 
 
-def decode_tokens(stored: np.ndarray, dtype: str, scale: np.ndarray | None = None) -> np.ndarray:
+def decode_tokens(stored: np.ndarray, dtype: str, scale: np.ndarray | None = None, *,
+                  threads: int | None = None) -> np.ndarray:
     """The stored array of a codec -> float32 (exact for the lossless codecs; ``code * scale`` for the scaled ones,
-    which need ``scale``)."""
+    which need ``scale``, broadcastable to the codes: [T, 1, C] for [T, N, C]).
+
+    float32 tokens are returned as they are (no copy). The others are decoded into a new array, split over the first
+    (frame) axis between the calling thread and a shared pool when the output is at least
+    :data:`PARALLEL_DECODE_BYTES` (``threads`` blocks at most; default :func:`decode_threads`). Every value is
+    computed on its own, so the result is the same bit for bit whatever the split.
+    """
     codec = token_codec(dtype)
-    if codec.scaled:
-        if scale is None:
-            raise ValueError(f"{codec.name} tokens need their scales to be decoded")
-        return dequantize_tokens(stored, scale, codec.name)
-    if codec.name == "bfloat16":
-        return bf16_bits_to_float32(stored)
-    return np.asarray(stored, dtype=np.float32)
+    if codec.name == "float32":
+        return np.asarray(stored, dtype=np.float32)
+    if codec.scaled and scale is None:
+        raise ValueError(f"{codec.name} tokens need their scales to be decoded")
+    return _decode(stored, codec.name, scale if codec.scaled else None, threads)
 
 
 def tokens_as_torch(stored: np.ndarray, dtype: str):
@@ -279,6 +278,140 @@ def tokens_as_torch(stored: np.ndarray, dtype: str):
     if codec.name == "bfloat16":
         return torch.from_numpy(np.ascontiguousarray(stored, np.uint16).view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(np.ascontiguousarray(stored))
+
+
+# ---- decoding, in blocks of frames on a thread pool ----------------------------------------------------------------
+
+DECODE_THREADS_ENV = "VLM3R_DECODE_THREADS"
+PARALLEL_DECODE_BYTES = 4 << 20         # float32 output below this is decoded on the calling thread
+_E4M3_BLOCK_VALUES = 1 << 16            # codes per table lookup: its indices, output and table stay in L2
+
+_pool: ThreadPoolExecutor | None = None
+_pool_workers = 0
+_pool_lock = threading.Lock()
+
+
+def decode_threads() -> int:
+    """Threads that decode one large token array: ``$VLM3R_DECODE_THREADS``, else min(4, CPUs this process may
+    use)."""
+    value = os.environ.get(DECODE_THREADS_ENV, "").strip()
+    if not value:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, min(4, cpus))
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{DECODE_THREADS_ENV} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _decode_pool(workers: int) -> ThreadPoolExecutor:
+    """The shared pool, created on first use (and again, larger, when more workers are asked for; the old one's
+    threads end once it is unreferenced)."""
+    global _pool, _pool_workers
+    with _pool_lock:
+        if _pool is None or _pool_workers < workers:
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="token-decode")
+            _pool_workers = workers
+        return _pool
+
+
+def _forget_pool() -> None:
+    # A forked child (a DataLoader worker, say) inherits the pool object but none of its threads: start afresh.
+    global _pool, _pool_workers, _pool_lock
+    _pool, _pool_workers, _pool_lock = None, 0, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _decode(stored: np.ndarray, codec: str, scale: np.ndarray | None, threads: int | None) -> np.ndarray:
+    """Decode ``stored`` (codec bfloat16, float16, float8_e4m3 or int8; ``scale`` None for fp8 gives the bare
+    E4M3 values) into a new float32 array, in blocks of its first axis."""
+    if np.ndim(stored) == 0:  # one value (np.ascontiguousarray would make it [1])
+        return _decode(np.reshape(stored, 1), codec, scale, 1).reshape(())
+    if codec in ("bfloat16", "float8_e4m3"):  # bit patterns: reinterpreted, and fp8 codes index a table
+        stored = np.ascontiguousarray(stored, dtype=TOKEN_CODECS[codec].stored)
+    else:
+        stored = np.ascontiguousarray(stored)
+    if scale is not None:
+        scale = np.asarray(scale, dtype=np.float32)
+        if np.broadcast_shapes(stored.shape, scale.shape) != stored.shape:
+            raise ValueError(f"scales of shape {list(scale.shape)} do not broadcast to the codes' "
+                             f"{list(stored.shape)}")
+        scale = scale.reshape((1,) * (stored.ndim - scale.ndim) + scale.shape)
+    out = np.empty(stored.shape, np.float32)
+    if out.size == 0:
+        return out
+    frames = stored.shape[0]
+    blocks = min(frames, decode_threads() if threads is None else max(1, int(threads)))
+    if out.nbytes < PARALLEL_DECODE_BYTES or blocks < 2:
+        _decode_block(stored, codec, scale, out)
+        return out
+    bounds = [frames * i // blocks for i in range(blocks + 1)]
+
+    def block(i: int) -> None:
+        part = slice(bounds[i], bounds[i + 1])
+        part_scale = None if scale is None else scale[part] if scale.shape[0] > 1 else scale
+        _decode_block(stored[part], codec, part_scale, out[part])
+
+    pool = _decode_pool(blocks - 1)
+    futures = [pool.submit(block, i) for i in range(1, blocks)]
+    try:
+        block(0)  # the calling thread decodes the first block itself
+    finally:
+        wait(futures)  # no block still writes into ``out`` once this returns or raises
+    for future in futures:
+        future.result()  # re-raises a block's error
+    return out
+
+
+def _decode_block(stored: np.ndarray, codec: str, scale: np.ndarray | None, out: np.ndarray) -> None:
+    """Decode C-contiguous ``stored`` into ``out`` (same shape, float32), one pass over each."""
+    if codec == "bfloat16":
+        np.left_shift(stored, 16, out=out.view(np.uint32), dtype=np.uint32)  # widened and shifted in one loop
+    elif codec == "float16":
+        np.copyto(out, stored)
+    elif codec == "int8":
+        np.multiply(stored, scale, out=out, dtype=np.float32)  # int8 -> float32 and the product in one loop
+    else:
+        _e4m3_block(stored, scale, out)
+
+
+def _e4m3_block(codes: np.ndarray, scale: np.ndarray | None, out: np.ndarray) -> None:
+    """Table lookup, then ``* scale`` in place, up to :data:`_E4M3_BLOCK_VALUES` codes at a time: np.take widens
+    its indices to intp, and on whole frames that temporary (8 bytes a code) and the output would make extra trips
+    to memory.
+    Two codes per lookup (little-endian uint16 pairs into :data:`_E4M3_PAIRS`) for [T, N, C] codes of even C with
+    [T, 1, C] scales; any other shape in one go. mode="wrap": every index is in range, and the default mode would
+    buffer ``out``."""
+    if codes.ndim == 3 and codes.shape[2] % 2 == 0 and sys.byteorder == "little" \
+            and (scale is None or scale.shape[1] == 1):
+        pairs, values = codes.view(np.uint16), out.view(np.uint64)  # [T, N, C / 2] each
+        if pairs.flags.aligned and values.flags.aligned:
+            _e4m3_pairs_block(pairs, values, scale, out)
+            return
+    np.take(E4M3_VALUES, codes, out=out, mode="wrap")
+    if scale is not None:
+        np.multiply(out, scale, out=out)
+
+
+def _e4m3_pairs_block(pairs: np.ndarray, values: np.ndarray, scale: np.ndarray | None, out: np.ndarray) -> None:
+    frames, rows, width = out.shape
+    step = max(1, _E4M3_BLOCK_VALUES // width)  # token rows per lookup
+    if rows <= step:  # small frames (camera tokens): whole frames per lookup
+        step = max(1, step // rows)
+        for i in range(0, frames, step):
+            part = slice(i, i + step)
+            np.take(_E4M3_PAIRS, pairs[part], out=values[part], mode="wrap")
+            if scale is not None:
+                np.multiply(out[part], scale[part] if scale.shape[0] > 1 else scale, out=out[part])
+        return
+    for i in range(frames):
+        frame_scale = None if scale is None else scale[i] if scale.shape[0] > 1 else scale[0]  # [1, C]
+        for j in range(0, rows, step):
+            part = (i, slice(j, j + step))
+            np.take(_E4M3_PAIRS, pairs[part], out=values[part], mode="wrap")
+            if frame_scale is not None:
+                np.multiply(out[part], frame_scale, out=out[part])
 
 
 # ---- samples -----------------------------------------------------------------------------------------------------

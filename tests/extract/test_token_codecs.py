@@ -175,3 +175,102 @@ def test_find_sample_and_dump_tokens(tmp_path, capsys):
     assert cli_main(["dump-tokens", "--root", str(tmp_path / "empty"), "--key", "k", "--out", str(out)]) == 2
     assert "shard index not found" in capsys.readouterr().err
     assert not list((tmp_path / "dump").glob(".*.tmp"))
+
+
+# ---- the decoder: split over threads, the same bits -----------------------------------------------------------------
+
+LOSSY_OR_NARROW = ("bfloat16", "float16", "float8_e4m3", "int8")
+
+
+def reference_decode(stored: np.ndarray, dtype: str, scale: np.ndarray | None) -> np.ndarray:
+    """The codecs' definitions in one plain numpy expression each, on the calling thread."""
+    if dtype == "bfloat16":
+        return (stored.astype(np.uint32) << 16).view(np.float32)
+    if dtype == "float16":
+        return stored.astype(np.float32)
+    if dtype == "int8":
+        return stored.astype(np.float32) * scale
+    return E4M3_VALUES[stored] * scale
+
+
+def every_pattern(dtype: str, shape: tuple[int, ...], seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Stored tokens of ``shape`` cycling through every bit pattern of the codec (NaN, infinities, subnormals and
+    the int8 code -128 included) in a shuffled order, and random positive scales [T, 1, C] for the scaled codecs."""
+    rng = np.random.default_rng(seed)
+    stored_dtype = TOKEN_CODECS[dtype].stored
+    bits = np.uint16 if stored_dtype.itemsize == 2 else np.uint8
+    patterns = np.arange(np.iinfo(bits).max + 1, dtype=bits)
+    values = rng.permutation(np.resize(patterns, int(np.prod(shape)))).view(stored_dtype).reshape(shape)
+    scale = None
+    if TOKEN_CODECS[dtype].scaled:
+        scale = (rng.uniform(0.5, 2.0, (shape[0], 1, shape[2])) * 10.0 ** rng.integers(-30, 30, (shape[0], 1, shape[2]))
+                 ).astype(np.float32)
+    return values, scale
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.dtype == b.dtype == np.float32 and a.shape == b.shape and np.array_equal(a.view(np.uint32),
+                                                                                       b.view(np.uint32))
+
+
+@pytest.mark.parametrize("dtype", LOSSY_OR_NARROW)
+def test_threaded_decode_equals_the_reference_bit_for_bit(monkeypatch, dtype):
+    import pipeline.core.tokens as tokens
+
+    # Every array is split (no size threshold) and fp8 looks up a few rows at a time, so frame blocks, lookup blocks
+    # and partial last blocks fall at odd places: odd frame counts, one frame, more threads than frames, odd widths.
+    monkeypatch.setattr(tokens, "PARALLEL_DECODE_BYTES", 0)
+    monkeypatch.setattr(tokens, "_E4M3_BLOCK_VALUES", 40)
+    shapes = [(7, 50, 16), (5, 1, 16), (3, 13, 10), (1, 9, 16), (9, 4, 15), (2, 3, 2)]
+    for seed, shape in enumerate(shapes):
+        stored, scale = every_pattern(dtype, shape, seed)
+        reference = reference_decode(stored, dtype, scale)
+        for threads in (1, 2, 3, 4, 7, 16):
+            assert same_bits(decode_tokens(stored, dtype, scale, threads=threads), reference), (shape, threads)
+    if dtype in SCALED:  # scales shared by every frame broadcast like [T, 1, C] ones
+        stored, scale = every_pattern(dtype, (5, 6, 8), 9)
+        assert same_bits(decode_tokens(stored, dtype, scale[:1], threads=3), reference_decode(stored, dtype, scale[:1]))
+    else:  # any shape for the lossless codecs, including [T, C] and one value
+        stored, _ = every_pattern(dtype, (9, 37), 9)
+        assert same_bits(decode_tokens(stored, dtype, threads=4), reference_decode(stored, dtype, None))
+        assert same_bits(decode_tokens(stored[3, 5], dtype), reference_decode(stored[3, 5], dtype, None))
+
+
+@pytest.mark.parametrize("dtype", LOSSY_OR_NARROW)
+def test_a_samples_decode_does_not_depend_on_the_thread_count(tmp_path, monkeypatch, dtype):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pipeline.core.tokens as tokens
+
+    # Patch tokens of 33 frames x 64 x 512: a 4.1 MiB float32 output, over the default threshold for splitting.
+    base = make_sample("scannet_scene0000_00", t=33, n=64, c=512, dtype="float32", points=False, frames=False)
+    meta = {**base.meta, "dtype": dtype, "storage": token_codec(dtype).storage}
+    write_samples(tmp_path, [TokenSample.from_float(base.key, base.camera, base.patch, base.frames, meta)])
+    [sample] = list(iter_samples(tmp_path, verify_sha256=False))
+    assert sample.patch_tokens().nbytes >= tokens.PARALLEL_DECODE_BYTES
+    reference = reference_decode(sample.patch, dtype, sample.patch_scale)
+    for threads in ("1", "2", "3", "8"):
+        monkeypatch.setenv(tokens.DECODE_THREADS_ENV, threads)
+        assert same_bits(sample.patch_tokens(), reference), threads
+        assert same_bits(sample.camera_tokens(), reference_decode(sample.camera, dtype, sample.camera_scale))
+    # several threads decoding at once share the pool safely
+    monkeypatch.setenv(tokens.DECODE_THREADS_ENV, "3")
+    with ThreadPoolExecutor(4) as callers:
+        assert all(same_bits(got, reference) for got in callers.map(lambda _: sample.patch_tokens(), range(8)))
+    monkeypatch.setenv(tokens.DECODE_THREADS_ENV, "two")
+    with pytest.raises(ValueError, match="VLM3R_DECODE_THREADS must be a positive integer"):
+        sample.patch_tokens()
+
+
+def test_decode_in_a_forked_child_after_the_pool_started():
+    """A DataLoader-style worker forked from a process whose decode pool is running gets a pool of its own (the
+    parent's threads do not exist in the child: reusing that pool would wait forever)."""
+    import multiprocessing
+
+    stored, _ = every_pattern("bfloat16", (8, 300, 1024), 0)  # 9.4 MiB of float32: split
+    reference = reference_decode(stored, "bfloat16", None)
+    assert same_bits(decode_tokens(stored, "bfloat16", threads=2), reference)
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as pool:
+        got = pool.apply_async(decode_tokens, (stored, "bfloat16"), {"threads": 2}).get(timeout=60)
+    assert same_bits(got, reference)
