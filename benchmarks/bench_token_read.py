@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.core.atomic import write_json, write_text  # noqa: E402
 from pipeline.core.shards import ShardWriter, shard_paths, write_index  # noqa: E402
-from pipeline.core.tokens import TokenSample, iter_samples, token_codec, write_sample  # noqa: E402
+from pipeline.core.tokens import TokenSample, decode_threads, iter_samples, token_codec, write_sample  # noqa: E402
 
 CODECS = ("float32", "bfloat16", "float16", "float8_e4m3", "int8")
 CHUNK = 16 << 20
@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.shard_bytes} bytes, in {args.workdir}",
         "reader": "iter_samples(tokens_dir, verify_sha256=False) + camera_tokens() + patch_tokens() (float32); "
                   "reader_sha256: the default verify_sha256=True (every shard hashed against index.json first)",
+        "decode_threads": decode_threads(),
         "raw": f"sequential readinto of {CHUNK >> 20} MiB chunks, unbuffered",
         "cold": "posix_fadvise(DONTNEED) on every file before each pass; best of the repeats",
         "target_ratio": TARGET_RATIO, "repeats": args.repeats,
@@ -164,8 +165,9 @@ def main(argv: list[str] | None = None) -> int:
 def render_markdown(r: dict) -> str:
     lines = [
         "# Token shard reading: the project's reader against a raw read of the same files", "",
-        f"Data: {r['data']}. Reader: {r['reader']}. Raw: {r['raw']}. Cold: {r['cold']}. Target: reader / raw >= "
-        f"{r['target_ratio']} (cold). Machine: {r['device']}, 1-min load {r['load_average_1m']}.", "",
+        f"Data: {r['data']}. Reader: {r['reader']}; decoding on {r['decode_threads']} thread(s) (VLM3R_DECODE_THREADS). "
+        f"Raw: {r['raw']}. Cold: {r['cold']}. Target: reader / raw >= {r['target_ratio']} (cold). Machine: "
+        f"{r['device']}, 1-min load {r['load_average_1m']}.", "",
         "| codec | MiB/frame | cold raw MiB/s | cold reader MiB/s | ratio | ratio with sha256 | warm raw MiB/s "
         "| warm reader MiB/s | warm ratio | reader frames/s (cold) |",
         "|---|---|---|---|---|---|---|---|---|---|",
