@@ -27,7 +27,11 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.core.atomic import write_json, write_text  # noqa: E402
 from pipeline.core.shards import ShardWriter, shard_paths, write_index  # noqa: E402
-from pipeline.core.tokens import TokenSample, decode_threads, iter_samples, token_codec, write_sample  # noqa: E402
+from pipeline.core.tokens import (DECODE_THREADS_ENV, TokenSample, available_cpus, decode_threads,  # noqa: E402
+                                  iter_samples, token_codec, write_sample)
+
+# A reading-only process: decode on up to 4 threads unless the caller chose (the library's default is one).
+os.environ.setdefault(DECODE_THREADS_ENV, str(min(4, available_cpus())))
 
 CODECS = ("float32", "bfloat16", "float16", "float8_e4m3", "int8")
 CHUNK = 16 << 20

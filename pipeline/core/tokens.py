@@ -292,15 +292,22 @@ _pool_lock = threading.Lock()
 
 
 def decode_threads() -> int:
-    """Threads that decode one large token array: ``$VLM3R_DECODE_THREADS``, else min(4, CPUs this process may
-    use)."""
+    """Threads that decode one large token array: ``$VLM3R_DECODE_THREADS``, else 1.
+
+    One by default: the readers run inside training processes, DataLoader workers and Ray workers that already
+    have their own threads (torch's, gloo's) and share the node's CPUs. A process that only reads (an export, a
+    benchmark) sets it, e.g. to :func:`available_cpus` capped at 4."""
     value = os.environ.get(DECODE_THREADS_ENV, "").strip()
     if not value:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        return max(1, min(4, cpus))
+        return 1
     if not value.isdigit() or int(value) < 1:
         raise ValueError(f"{DECODE_THREADS_ENV} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def available_cpus() -> int:
+    """CPUs this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _decode_pool(workers: int) -> ThreadPoolExecutor:
