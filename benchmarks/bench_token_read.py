@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         "data": f"{args.samples} samples x {args.frames} frames x [730, 768] tokens per codec, "
                 f"{'demo-scene tokens' if args.tokens.is_file() else 'Gaussian tokens'}, shards of at most "
                 f"{args.shard_bytes} bytes, in {args.workdir}",
-        "reader": "iter_samples(tokens_dir, verify_sha256=False) + camera_tokens() + patch_tokens() (float32); "
+        "reader": "iter_samples(tokens_dir, verify_sha256=False) + camera_tokens() + patch_tokens() (float32), "
+                  "the next sample read ahead on a background thread (the default read_ahead_samples=1); "
                   "reader_sha256: the default verify_sha256=True (every shard hashed against index.json first)",
         "decode_threads": decode_threads(),
         "raw": f"sequential readinto of {CHUNK >> 20} MiB chunks, unbuffered",

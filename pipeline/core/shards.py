@@ -17,11 +17,13 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import queue
 import re
 import tarfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -471,3 +473,57 @@ def _iter_wds_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
 def shard_paths(shards_dir: str | os.PathLike) -> list[str]:
     """The shard files listed in the index, in order (the URLs to give webdataset)."""
     return [str(Path(shards_dir) / entry["file"]) for entry in read_index(shards_dir)["shards"]]
+
+
+# ---- reading ahead -------------------------------------------------------------------------------------------------
+
+T = TypeVar("T")
+_DONE = object()
+
+
+def read_ahead(items: Iterable[T], depth: int = 1) -> Iterator[T]:
+    """``items`` in order, produced up to ``depth`` items ahead of the consumer by one background thread.
+
+    For readers whose producer waits on the disk (``readinto`` and ``hashlib`` release the GIL) while the consumer
+    computes (numpy decoding releases it too): the next sample's bytes arrive while this one decodes. An exception
+    raised by the producer is raised here at its place in the sequence. A consumer that stops early (``break``, an
+    unfinished ``next()``) stops the thread when the generator closes; at most ``depth`` unconsumed items are held.
+    ``depth`` 0 iterates in the calling thread."""
+    if depth <= 0:
+        yield from items
+        return
+    handoff: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+        except BaseException as exc:  # handed to the consumer, raised there
+            put((_DONE, exc))
+            return
+        put((_DONE, None))
+
+    thread = threading.Thread(target=produce, name="shard-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, exc = handoff.get()
+            if item is _DONE:
+                if exc is not None:
+                    raise exc
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()

@@ -63,7 +63,7 @@ import numpy as np
 from pipeline.core.atomic import atomic_open, dumps_json
 from pipeline.core.patch_points import POINTS_FRAMES, POINTS_SOURCES
 from pipeline.core.shards import (ShardError, ShardWriter, checked_shards, iter_raw_samples, load_npy, npy_bytes,
-                                  read_index)
+                                  read_ahead, read_index)
 
 
 # ---- token codecs ------------------------------------------------------------------------------------------------
@@ -692,13 +692,23 @@ def read_shard(path: str | os.PathLike, expect: Mapping[str, Any] | None = None)
 
 
 def iter_samples(tokens_dir: str | os.PathLike, *, expect: Mapping[str, Any] | None = None,
-                 verify_sha256: bool = True, shards: Iterable[str] | None = None) -> Iterator[TokenSample]:
+                 verify_sha256: bool = True, shards: Iterable[str] | None = None,
+                 read_ahead_samples: int = 1) -> Iterator[TokenSample]:
     """Every sample listed in ``tokens_dir/index.json``, validated, in index order.
 
     Fails with :class:`ShardError` when a shard's sha256 or size differs from the index, when a shard holds other
     keys than the index lists, or when a sample has a wrong shape, frame count or dtype, or a meta field differs from
     ``expect`` (e.g. ``{"checkpoint_sha256": sha}``). ``shards`` restricts reading to these file names.
+
+    Reading (and hashing) runs ``read_ahead_samples`` samples ahead of the caller on a background thread
+    (:func:`pipeline.core.shards.read_ahead`), so the disk works while the caller decodes; 0 reads in the calling
+    thread. Either way the samples, their order and the errors are the same.
     """
+    return read_ahead(_iter_samples(tokens_dir, expect, verify_sha256, shards), read_ahead_samples)
+
+
+def _iter_samples(tokens_dir: str | os.PathLike, expect: Mapping[str, Any] | None, verify_sha256: bool,
+                  shards: Iterable[str] | None) -> Iterator[TokenSample]:
     for path, listed in checked_shards(tokens_dir, verify_sha256=verify_sha256, shards=shards):
         keys = []
         for sample in read_shard(path, expect):

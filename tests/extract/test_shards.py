@@ -6,6 +6,8 @@ import hashlib
 import io
 import json
 import tarfile
+import threading
+import time
 
 import cv2
 import numpy as np
@@ -13,8 +15,8 @@ import pytest
 import torch
 
 from pipeline.core.atomic import read_json
-from pipeline.core.shards import (MARKER_DIR, ShardError, ShardRecord, ShardWriter, read_index, recover_shards,
-                                  shard_paths, write_index)
+from pipeline.core.shards import (MARKER_DIR, ShardError, ShardRecord, ShardWriter, read_ahead, read_index,
+                                  recover_shards, shard_paths, write_index)
 from pipeline.core.tokens import (TokenSample, bf16_bits_to_float32, decode_tokens, encode_tokens, float32_to_bf16_bits,
                                   iter_samples, read_shard, sample_from_wds, sample_members,
                                   tokens_as_torch, validate_sample, with_estimated_poses, write_sample)
@@ -383,3 +385,68 @@ def test_own_tar_reader_equals_webdataset_and_falls_back_to_it(tmp_path):
         with pytest.raises(ShardError, match=f"{name}.tar.*not a readable shard"):
             list(iter_raw_samples(bad))
     assert wds  # webdataset is what the fallback and sample_from_wds pipelines use
+
+
+# ---- reading ahead -------------------------------------------------------------------------------------------------
+
+def test_read_ahead_keeps_order_and_raises_errors_in_place():
+    def items():
+        yield from range(5)
+        raise ValueError("broken after 5")
+
+    got = []
+    with pytest.raises(ValueError, match="broken after 5"):
+        for item in read_ahead(items(), depth=2):
+            got.append(item)
+    assert got == [0, 1, 2, 3, 4]  # every item before the error arrived, in order
+    assert list(read_ahead(iter(range(7)), depth=0)) == list(read_ahead(iter(range(7)), depth=3)) == list(range(7))
+
+
+def test_read_ahead_produces_while_the_consumer_works_and_stops_when_closed():
+    produced = []
+    step = threading.Event()
+
+    def items():
+        for i in range(100):
+            produced.append(i)
+            yield i
+
+    reader = read_ahead(items(), depth=1)
+    assert next(reader) == 0
+    deadline = time.monotonic() + 10
+    while len(produced) < 3 and time.monotonic() < deadline:  # item 1 waits in the hand-off, item 2 in put()
+        step.wait(0.01)
+    assert produced[:3] == [0, 1, 2]
+    assert len(produced) == 3  # bounded: no more than depth items ahead (plus the one being handed over)
+    threads = [t for t in threading.enumerate() if t.name == "shard-read-ahead"]
+    assert len(threads) == 1
+    reader.close()  # the consumer stops early: the producer thread ends, nothing is left running
+    assert not threads[0].is_alive()
+    assert len(produced) < 100
+
+
+def test_iter_samples_reads_ahead_with_the_same_samples_and_errors(tmp_path):
+    samples = [make_sample(f"scannet_scene000{i}_00", seed=i) for i in range(4)]
+    write_samples(tmp_path, samples, max_shard_bytes=1000)
+    assert len(read_index(tmp_path)["shards"]) > 1
+    for depth in (0, 1, 3):
+        back = list(iter_samples(tmp_path, read_ahead_samples=depth))
+        assert [s.key for s in back] == [s.key for s in samples]
+        for a, b in zip(back, samples):
+            assert np.array_equal(a.patch_tokens(), b.patch_tokens())
+    # an unfinished iteration (next() only) leaves no reading thread behind once dropped
+    first = iter_samples(tmp_path)
+    assert next(first).key == samples[0].key
+    first.close()
+    assert not [t for t in threading.enumerate() if t.name == "shard-read-ahead"]
+    # a corrupt last shard: the earlier samples come first, then the same error as without read-ahead
+    last = sorted(tmp_path.glob("shard-*.tar"))[-1]
+    data = bytearray(last.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    last.write_bytes(bytes(data))
+    for depth in (0, 2):
+        got = []
+        with pytest.raises(ShardError, match=f"{last.name}.*sha256 differs from index.json"):
+            for sample in iter_samples(tmp_path, read_ahead_samples=depth):
+                got.append(sample.key)
+        assert got and got == [s.key for s in samples[:len(got)]]
