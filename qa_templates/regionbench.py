@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections import Counter
 from itertools import combinations, permutations
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -98,12 +98,29 @@ def never_together(candidate: Candidate) -> bool:
     return candidate.max_regions_per_frame < len(candidate.regions)
 
 
-def _enough(found: list[Candidate], limit: int) -> bool:
-    """Whether the examined multi-region candidates already fill the cap with the separate/together split."""
-    if not limit:
-        return False
-    separate = sum(1 for c in found if never_together(c))
-    return separate >= limit and len(found) - separate >= limit // 2
+class _Examined:
+    """The multi-region candidates of one task in examination order, with a running count of the separate ones."""
+
+    def __init__(self, limit: int):
+        self.limit, self.found, self.separate = limit, [], 0
+
+    def add(self, candidate: Candidate) -> bool:
+        """Record a candidate; True once the examined ones fill the cap with the separate/together split."""
+        self.found.append(candidate)
+        self.separate += never_together(candidate)
+        return bool(self.limit) and self.separate >= self.limit and \
+            len(self.found) - self.separate >= self.limit // 2
+
+    def kept(self) -> list[Candidate]:
+        return keep_mostly_separate(self.found, self.limit)
+
+
+def _shuffled_pairs(view: SceneView, rng: np.random.Generator) -> Iterator[tuple[int, int]]:
+    """Every pair of regions once, in random order, which one is Region [0] a coin flip."""
+    pairs = list(combinations(view.region_rows().tolist(), 2))
+    for k in rng.permutation(len(pairs)):
+        a, b = pairs[k]
+        yield (b, a) if rng.random() < 0.5 else (a, b)
 
 
 def keep_mostly_separate(found: list[Candidate], limit: int) -> list[Candidate]:
@@ -131,21 +148,16 @@ def _box_z_range(view: SceneView, row: int) -> tuple[float, float]:
 def generate_distance(graph: SceneGraph | SceneView, rng: np.random.Generator, cfg: QAConfig,
                       rejected: Counter | None = None) -> list[Candidate]:
     view = as_view(graph)
-    pairs = list(combinations(view.region_rows().tolist(), 2))
-    found: list[Candidate] = []
-    for k in rng.permutation(len(pairs)):
-        a, b = pairs[k]
-        if rng.random() < 0.5:                 # which region is [0] is a coin flip
-            a, b = b, a
+    examined = _Examined(cfg.max_per_scene_task)
+    for a, b in _shuffled_pairs(view, rng):
         distance_m = float(view.distances[a, b])
         if distance_m < cfg.region_min_distance_m:
             reject(rejected, f"regions closer than {cfg.region_min_distance_m} m")
             continue
-        found.append(_candidate(view, rng, cfg, "region_distance", DISTANCE_TEMPLATE, round(distance_m, 1),
-                                distance_m, (a, b)))
-        if _enough(found, cfg.max_per_scene_task):
+        if examined.add(_candidate(view, rng, cfg, "region_distance", DISTANCE_TEMPLATE, round(distance_m, 1),
+                                   distance_m, (a, b))):
             break
-    return keep_mostly_separate(found, cfg.max_per_scene_task)
+    return examined.kept()
 
 
 def generate_size(graph: SceneGraph | SceneView, rng: np.random.Generator, cfg: QAConfig,
@@ -172,7 +184,7 @@ def generate_closest(graph: SceneGraph | SceneView, rng: np.random.Generator, cf
     if len(rows) < 3:
         reject(rejected, "fewer than 3 objects with a region")
         return []
-    found: list[Candidate] = []
+    examined = _Examined(cfg.max_per_scene_task)
     seen: set[tuple[int, frozenset[int]]] = set()
     for _ in range(draw_budget(cfg.max_per_scene_task)):
         k = int(rng.integers(2, min(4, len(rows) - 1) + 1))            # 2-4 regions to choose from
@@ -189,11 +201,11 @@ def generate_closest(graph: SceneGraph | SceneView, rng: np.random.Generator, cf
             continue
         best = int(np.argmin(distance_m))
         names = [region_name(i + 1) for i in range(k)]
-        found.append(_candidate(view, rng, cfg, "region_closest", CLOSEST_TEMPLATE, names[best], float(nearest),
-                                [target] + choices, options=[names[best]] + [n for i, n in enumerate(names) if i != best]))
-        if _enough(found, cfg.max_per_scene_task):
+        if examined.add(_candidate(view, rng, cfg, "region_closest", CLOSEST_TEMPLATE, names[best], float(nearest),
+                                   [target] + choices,
+                                   options=[names[best]] + [n for i, n in enumerate(names) if i != best])):
             break
-    return keep_mostly_separate(found, cfg.max_per_scene_task)
+    return examined.kept()
 
 
 def direction_answer(origin, facing, query, boundary_deg: float) -> tuple[str | None, float]:
@@ -212,7 +224,7 @@ def generate_direction(graph: SceneGraph | SceneView, rng: np.random.Generator, 
     if len(rows) < 3:
         reject(rejected, "fewer than 3 objects with a region")
         return []
-    found: list[Candidate] = []
+    examined, enough = _Examined(cfg.max_per_scene_task), False
     orders = list(permutations(range(3)))
     for triple in random_subsets(rng, rows, 3, draw_budget(cfg.max_per_scene_task)):
         for p in rng.permutation(len(orders)):
@@ -225,13 +237,13 @@ def generate_direction(graph: SceneGraph | SceneView, rng: np.random.Generator, 
             if answer is None:
                 reject(rejected, f"within {cfg.region_direction_boundary_deg} degrees of a sector boundary")
                 continue
-            found.append(_candidate(view, rng, cfg, "region_direction", DIRECTION_TEMPLATE, answer, angle,
-                                    (standing, facing, query),
-                                    options=[answer] + [o for o in DIRECTION_OPTIONS if o != answer]))
+            enough = examined.add(_candidate(view, rng, cfg, "region_direction", DIRECTION_TEMPLATE, answer, angle,
+                                             (standing, facing, query),
+                                             options=[answer] + [o for o in DIRECTION_OPTIONS if o != answer]))
             break
-        if _enough(found, cfg.max_per_scene_task):
+        if enough:
             break
-    return keep_mostly_separate(found, cfg.max_per_scene_task)
+    return examined.kept()
 
 
 def vertical_answer(z_range_a: tuple[float, float], z_range_b: tuple[float, float], gap_m: float
@@ -249,21 +261,16 @@ def vertical_answer(z_range_a: tuple[float, float], z_range_b: tuple[float, floa
 def generate_vertical(graph: SceneGraph | SceneView, rng: np.random.Generator, cfg: QAConfig,
                       rejected: Counter | None = None) -> list[Candidate]:
     view = as_view(graph)
-    pairs = list(combinations(view.region_rows().tolist(), 2))
-    found: list[Candidate] = []
-    for k in rng.permutation(len(pairs)):
-        a, b = pairs[k]
-        if rng.random() < 0.5:
-            a, b = b, a
+    examined = _Examined(cfg.max_per_scene_task)
+    for a, b in _shuffled_pairs(view, rng):
         answer, gap_m = vertical_answer(_box_z_range(view, a), _box_z_range(view, b), cfg.region_vertical_gap_m)
         if answer is None:
             reject(rejected, f"boxes within {cfg.region_vertical_gap_m} m vertically")
             continue
-        found.append(_candidate(view, rng, cfg, "region_vertical", VERTICAL_TEMPLATE, answer, gap_m, (a, b),
-                                options=[answer] + [o for o in VERTICAL_OPTIONS if o != answer]))
-        if _enough(found, cfg.max_per_scene_task):
+        if examined.add(_candidate(view, rng, cfg, "region_vertical", VERTICAL_TEMPLATE, answer, gap_m, (a, b),
+                                   options=[answer] + [o for o in VERTICAL_OPTIONS if o != answer])):
             break
-    return keep_mostly_separate(found, cfg.max_per_scene_task)
+    return examined.kept()
 
 
 def generate_same_kind_count(graph: SceneGraph | SceneView, rng: np.random.Generator, cfg: QAConfig,
@@ -293,7 +300,8 @@ def generate_camera_distance(graph: SceneGraph | SceneView, rng: np.random.Gener
     view = as_view(graph)
     frames = np.flatnonzero(view.frame_valid)
     reject(rejected, "frame without a finite pose", int(view.num_frames - len(frames)))
-    pairs = [(int(f), int(r)) for f in frames for r in view.region_rows().tolist()]
+    rows = view.region_rows().tolist()
+    pairs = [(int(f), int(r)) for f in frames for r in rows]
     out: list[Candidate] = []
     for k in rng.permutation(len(pairs)):
         frame, row = pairs[k]

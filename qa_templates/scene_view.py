@@ -12,6 +12,7 @@ from pipeline.core.layout import scene_key
 from pipeline.core.schemas import column_as_array
 from scene_graph.geometry import box_corners, pairwise_box_distances
 from scene_graph.graph import INCONSISTENT_KEY, SceneGraph
+from scene_graph.regions import region_rle
 
 # Structural "objects" that no benchmark asks about.
 EXCLUDED_CATEGORIES = frozenset({"", "wall", "floor", "ceiling"})
@@ -164,7 +165,7 @@ def build_view(graph: SceneGraph, min_visible_pixels: int = 1) -> SceneView:
             if row is not None:
                 regions.setdefault(row, []).append({
                     "frame_rank": int(r["rank"]), "bbox_xyxy": [int(x) for x in r["bbox_xyxy"]],
-                    "rle": {"size": [int(r["mask_height"]), int(r["mask_width"])], "counts": r["rle_counts"]},
+                    "rle": region_rle(r),
                     "visible_fraction": float(r["visible_fraction"]), "truncated": bool(r["truncated"])})
     return SceneView(
         dataset=graph.dataset, scene_id=graph.scene_id, split=graph.split, room=dict(graph.room or {}),

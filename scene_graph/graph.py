@@ -342,7 +342,7 @@ def _frame_regions(rank, frame: _FramePixels, geo, world_to_camera, n_objects, i
         np.concatenate([geo.triangles[tri].reshape(-1, 3), geo.points[pts]]) @ rot.T + trans,
         np.concatenate([np.repeat(geo.tri_owner[tri], 3), geo.point_owner[pts]]), n_objects, image_k, image_wh,
         config.near_m)
-    keep = np.isin(frame.owner, rows)
+    keep = (visible >= config.min_visible_pixels)[frame.owner]   # the pixels of the objects in rows
     return regions.frame_region_rows(rank, frame.owner[keep], frame.pixels[keep], frame.grid_wh, frame.grid_k,
                                      image_k, image_wh, _visible_fraction(visible, frame.projected), truncated,
                                      frame.source, region_config)
@@ -371,29 +371,20 @@ def _camera_k(row: dict[str, Any], prefix: str = "") -> tuple[float, float, floa
     return k if all(math.isfinite(x) for x in k) and k[0] > 0 and k[1] > 0 else None
 
 
-def graph_visibility(scene: CanonicalScene, objects: pa.Table, frames: pa.Table,
-                     depths: Sequence[np.ndarray | None] | None = None,
-                     instance_masks: Sequence[np.ndarray | None] | None = None,
-                     config: GraphConfig = GraphConfig(), where: str = "scene") -> pa.Table:
-    """VISIBILITY_SCHEMA rows for every valid frame (by rank) and object, sorted by (rank, instance id).
-
-    ``depths[r]``: depth map in metres (0 = no measurement) of rank r on the depth grid of the scene's
-    ``depth_fx/fy/cx/cy``; ``instance_masks[r]``: instance ids per pixel (-1 = none) over the whole colour image at
-    any resolution. Either list may hold None for some ranks; a rank with neither is tested against a depth map
-    rendered from the mesh.
-    """
-    return visibility_and_regions(scene, objects, frames, depths, instance_masks, config, None, where)[0]
-
-
 def visibility_and_regions(scene: CanonicalScene, objects: pa.Table, frames: pa.Table,
                            depths: Sequence[np.ndarray | None] | None = None,
                            instance_masks: Sequence[np.ndarray | None] | None = None,
                            config: GraphConfig = GraphConfig(), region_config: "regions.RegionConfig | None" = None,
                            where: str = "scene") -> tuple[pa.Table, pa.Table | None]:
-    """The visibility table (see :func:`graph_visibility`) and, with ``region_config``, the REGIONS_SCHEMA table,
-    both from one pass over the frames: a region is made of exactly the pixels its visibility row counts (carried to
-    the frame's stored resolution), sorted by (rank, instance id). Without ``region_config`` the second item is None
-    and nothing of the regions is computed."""
+    """The VISIBILITY_SCHEMA rows for every valid frame (by rank) and object and, with ``region_config``, the
+    REGIONS_SCHEMA table, both sorted by (rank, instance id) and made in one pass over the frames: a region is made of
+    exactly the pixels its visibility row counts (carried to the frame's stored resolution). Without
+    ``region_config`` the second item is None and nothing of the regions is computed.
+
+    ``depths[r]``: depth map in metres (0 = no measurement) of rank r on the depth grid of the scene's
+    ``depth_fx/fy/cx/cy``; ``instance_masks[r]``: instance ids per pixel (-1 = none) over the whole colour image at
+    any resolution. Either list may hold None for some ranks; a rank with neither is tested against a depth map
+    rendered from the mesh."""
     n = frames.num_rows
     for name, seq in (("depths", depths), ("instance_masks", instance_masks)):
         if seq is not None and len(seq) != n:
@@ -494,7 +485,7 @@ def build_scene_graph(scene: CanonicalScene, manifest: pa.Table,
                       region_config: "regions.RegionConfig | None" = None) -> SceneGraph:
     """The scene graph of one canonical scene and its frame manifest. Pure: no I/O.
 
-    ``depths`` / ``instance_masks`` are aligned with the manifest ranks (see :func:`graph_visibility`); ``where``
+    ``depths`` / ``instance_masks`` are aligned with the manifest ranks (see :func:`visibility_and_regions`); ``where``
     names the input in error messages (default ``<dataset>/<scene_id>``). With ``region_config`` the
     graph also carries its region prompts, made in the same pass as the visibility table.
     """

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -131,17 +132,15 @@ def inconsistent_categories(declared: Any, categories: list[str], where: str) ->
         return {}
     if not isinstance(declared, dict):
         raise InputError(where, f"object_counts must map categories to counts, got {type(declared).__name__}")
-    boxes: dict[str, int] = {}
-    for category in categories:
-        boxes[category] = boxes.get(category, 0) + 1
+    boxes = Counter(categories)
     out = {}
-    for category in sorted(set(declared) | set(boxes)):
+    for category in sorted(declared):
         try:
-            n = int(declared.get(category, 0))
+            n = int(declared[category])
         except (TypeError, ValueError):
             raise InputError(where, f"object_counts[{category!r}] is not a count: {declared[category]!r}") from None
-        if category in declared and n != boxes.get(category, 0):
-            out[category] = {"declared": n, "boxes": boxes.get(category, 0)}
+        if n != boxes[category]:
+            out[category] = {"declared": n, "boxes": boxes[category]}
     return out
 
 

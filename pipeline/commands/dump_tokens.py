@@ -7,7 +7,6 @@ The file holds ``camera`` [T, 1, C] and ``patch`` [T, N, C] float32 and, when th
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 HELP = "write one token sample's decoded camera / patch tokens (and points) as float32 arrays to an .npz"
@@ -20,18 +19,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.core.errors import InputError
-    from pipeline.core.layout import DatasetRoot, DatasetRootError
+    from pipeline.core.layout import DatasetRoot
     from pipeline.core.tokens import find_sample, write_decoded_npz
 
-    try:
-        root = DatasetRoot(args.root)
-        root.check()
-        sample = find_sample(root.tokens_dir, args.key)
-        arrays = write_decoded_npz(sample, args.out)
-    except (InputError, DatasetRootError, OSError) as exc:
-        print(f"vlm3r-data dump-tokens: {exc}", file=sys.stderr)
-        return 2
+    root = DatasetRoot(args.root)     # bad roots, keys and paths: one line and exit 2 (pipeline.cli)
+    root.check()
+    sample = find_sample(root.tokens_dir, args.key)
+    arrays = write_decoded_npz(sample, args.out)
     shapes = ", ".join(f"{name} {array.dtype} {list(array.shape)}" for name, array in arrays.items())
     print(f"dump-tokens: {args.key} ({sample.meta['dtype']} tokens) -> {args.out}: {shapes}")
     return 0

@@ -6,7 +6,7 @@ import argparse
 import re
 from pathlib import Path
 
-from pipeline.commands.options import add_rebuild, config_errors
+from pipeline.commands.options import add_ray_options, add_rebuild, config_errors
 from pipeline.stages.extract import DEFAULT_SHARD_BYTES
 
 HELP = "run CUT3R over every scene's frame manifest and write geometry-token shards (WebDataset) on Ray"
@@ -63,7 +63,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--actors", type=int, default=1, help="model actors (e.g. one per GPU)")
     parser.add_argument("--actor-cpus", type=int, default=1,
                         help="CPUs (torch threads) per model actor; the same value gives the same bytes")
-    parser.add_argument("--workers", type=int, default=2, help="CPU decode workers (local Ray cluster size)")
     parser.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto",
                         help="compute precision of the model (bf16: bf16 weights and activations, float32 heads); "
                              "auto = bf16 on GPU, fp32 on CPU")
@@ -83,8 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start a new shard before one would grow past this size (e.g. 500MB, 1GiB)")
     parser.add_argument("--retries", type=int, default=2, help="Ray retries of dead decode workers / model actors")
     add_rebuild(parser, "--overwrite", "scenes (all of them: needed to change the model or its configuration)")
-    parser.add_argument("--local", action="store_true", help="run in-process instead of on Ray")
-    parser.add_argument("--ray-address", default=None, help="join an existing Ray cluster")
+    add_ray_options(parser, "CPU decode workers (local Ray cluster size)")
     parser.add_argument("--actor-resource", type=parse_resource, action="extend", nargs="+", default=[],
                         metavar="NAME=AMOUNT",
                         help="a custom Ray resource each model actor asks for, so that it runs only on nodes started "

@@ -8,7 +8,7 @@ from pipeline.commands.options import add_ray_options, add_rebuild, config_error
 from pipeline.core.layout import DATASETS, DatasetRoot
 from pipeline.core.scene import DEFAULT_NUM_FRAMES
 
-HELP = "read a raw ScanNet / ScanNet++ / ARKitScenes release into canonical scenes and frame manifests"
+HELP = "read a raw ScanNet / ScanNet++ / ARKitScenes release, or a folder of videos, into canonical scenes and frame manifests"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

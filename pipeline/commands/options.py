@@ -8,10 +8,25 @@ from typing import Iterator, Sequence
 from pipeline.stages.contract import RunOptions
 
 
+def positive(kind: type = int):
+    """An argparse ``type`` for a number > 0 (a bad value is a usage error, exit 2, before anything runs)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
 def add_ray_options(parser: argparse.ArgumentParser, workers_help: str = "Ray workers (local Ray cluster size)",
                     default_workers: int = 2) -> None:
     parser.add_argument("--local", action="store_true", help="run in-process instead of on Ray (debugging)")
-    parser.add_argument("--workers", type=int, default=default_workers, help=workers_help)
+    parser.add_argument("--workers", type=positive(int), default=default_workers, help=workers_help)
     parser.add_argument("--ray-address", default=None, help="join an existing Ray cluster (e.g. auto)")
 
 

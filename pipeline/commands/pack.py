@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.commands.options import add_allow_stale, add_rebuild, run_options
+from pipeline.commands.options import add_allow_stale, add_rebuild, positive, run_options
 from pipeline.core.layout import DatasetRoot
 
 HELP = "join token shards with the training QA into training shards (one sample per scene; benchmark scenes never)"
@@ -12,7 +12,8 @@ HELP = "join token shards with the training QA into training shards (one sample 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", required=True, type=Path, help="dataset root")
-    parser.add_argument("--max-shard-mb", type=float, default=1024.0, help="start a new shard beyond this size")
+    parser.add_argument("--max-shard-mb", type=positive(float), default=1024.0,
+                        help="start a new shard beyond this size")
     parser.add_argument("--vision-features", default="",
                         help="store pre-computed vision-tower features instead of JPEGs: 'tiny' or a local "
                              "SigLIP / LLaVA model folder")

@@ -1,4 +1,4 @@
-"""``vlm3r-data qa``: scene graphs -> VSI-Bench and VSTI-Bench questions (benchmark JSON lines, LLaVA JSON, stats)."""
+"""``vlm3r-data qa``: scene graphs -> VSI-Bench, VSTI-Bench and regionbench questions (JSON lines, LLaVA JSON, stats)."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,7 @@ from pathlib import Path
 from pipeline.commands.options import add_ray_options, add_rebuild, config_errors, run_options, split_list
 from pipeline.core.layout import BENCHES, DatasetRoot
 
-HELP = "generate VSI-Bench / VSTI-Bench questions from scene graphs (ROOT/graph -> ROOT/qa)"
+HELP = "generate VSI-Bench / VSTI-Bench / regionbench questions from scene graphs (ROOT/graph -> ROOT/qa)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

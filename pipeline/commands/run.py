@@ -9,7 +9,7 @@ from typing import Any
 
 from pipeline.config import STAGE_ORDER, ConfigError, PipelineConfig, load_config, stage_flags
 
-HELP = "run every stage (ingest, extract, graph, routes, qa, pack, train, eval) from one YAML config, with resume"
+HELP = "run every stage (ingest, extract, graph, routes, qa, pack, train, eval, stats) from one YAML config, with resume"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
+from pipeline.core.depth_bin import KIND_DEFLATE, KIND_RECORD, read_depth_frame
 from pipeline.core.errors import InputError
 
 
@@ -259,7 +260,9 @@ def decode_colors(frames: pa.Table) -> list[np.ndarray]:
 def decode_depths(frames: pa.Table) -> list[np.ndarray | None]:
     """Upright depth maps in metres (float32, 0 = invalid) for every row; None where the frame has no depth."""
     out: list[np.ndarray | None] = []
-    for r in frames.to_pylist():
+    columns = ["depth_kind", "depth_path", "depth_offset", "depth_length", "depth_width", "depth_height",
+               "depth_scale", "rotate_k"]
+    for r in frames.select(columns).to_pylist():
         kind, path = r["depth_kind"], r["depth_path"]
         w, h = r["depth_width"], r["depth_height"]
         if kind == "none":
@@ -273,9 +276,7 @@ def decode_depths(frames: pa.Table) -> list[np.ndarray | None]:
             if img is None:
                 raise InputError(path, "depth PNG missing or corrupt")
             depth = img.astype(np.float32) * r["depth_scale"]
-        elif kind in ("depth_bin_deflate_f32", "depth_bin_record"):
-            from pipeline.core.depth_bin import read_depth_frame
-
+        elif kind in (KIND_DEFLATE, KIND_RECORD):
             depth = read_depth_frame(path, kind, r["depth_offset"], r["depth_length"], w, h) * np.float32(r["depth_scale"])
         else:
             raise InputError(path, f"unknown depth kind {kind!r}")

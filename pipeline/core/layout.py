@@ -195,16 +195,22 @@ class DatasetRoot:
     def check(self) -> dict[str, Any]:
         """The info of an existing root; DatasetRootError when it is missing or of another format version."""
         if not self.path.is_dir():
-            raise DatasetRootError(f"{self.path}: dataset root not found")
+            raise DatasetRootError(f"{self.path}: dataset root not found" if not self.path.exists()
+                                   else f"{self.path}: not a folder")
         return self.load_info()
 
     def load_info(self) -> dict[str, Any]:
         if not self.info_path.exists():
             return {"format_version": FORMAT_VERSION, "code_version": __version__, "stages": {}}
-        info = read_json(self.info_path)
-        if info.get("format_version") != FORMAT_VERSION:
+        try:
+            info = read_json(self.info_path)
+        except (OSError, ValueError) as exc:
+            raise DatasetRootError(f"{self.info_path}: unreadable ({exc}); it records what each stage made, so "
+                                   f"restore it from a backup or regenerate the root") from None
+        version = info.get("format_version") if isinstance(info, dict) else None
+        if version != FORMAT_VERSION:
             raise DatasetRootError(
-                f"{self.info_path}: format version {info.get('format_version')} but this vlm3r-data writes "
+                f"{self.info_path}: format version {version} but this vlm3r-data writes "
                 f"{FORMAT_VERSION}; regenerate the root or use the matching vlm3r-data release")
         return info
 

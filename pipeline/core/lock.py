@@ -124,12 +124,20 @@ class RootLock:
         if _alive(holder):
             raise LockError(f"{self.path}: the root is being written by {holder.describe()}; one writer per root: "
                             f"wait for it to finish")
-        # Move the dead holder's lock aside under a unique name: of two processes taking over at once, only one
-        # rename succeeds, and the exclusive create decides who holds it next.
+        # Move the dead holder's lock aside under a unique name, then look at what was moved: a process taking over
+        # at the same time may already have removed the dead lock and created its own, and a live lock moved aside
+        # by mistake goes straight back (os.link never replaces a file). The exclusive create decides who holds it.
         aside = self.path.with_name(unique_tmp_name(self.path.name))
         try:
             os.replace(self.path, aside)
         except FileNotFoundError:
+            return
+        if read_holder(aside) != holder:
+            try:
+                os.link(aside, self.path)
+            except FileExistsError:
+                pass
+            aside.unlink(missing_ok=True)
             return
         aside.unlink(missing_ok=True)
         self.say(f"note: taking over the writer lock of a dead process ({holder.describe()})")

@@ -50,6 +50,15 @@ class Marker:
     stats: dict[str, Any] = field(default_factory=dict)
     generation: int = 0                   # how many times the unit was rebuilt over an earlier marker of its own
 
+    @classmethod
+    def made(cls, stage: str, scope: str, unit: str, version: int, config: Mapping[str, Any],
+             upstream: Mapping[str, str], output: str, parts: Mapping[str, str] | None = None,
+             stats: Mapping[str, Any] | None = None, generation: int = 0) -> "Marker":
+        """The marker of a unit made with ``config`` from ``upstream``, its fingerprint computed here."""
+        config, upstream = dict(config), dict(upstream)
+        return cls(stage, scope, unit, fingerprint(stage, scope, version, config, upstream), version, config,
+                   upstream, output, dict(parts or {}), dict(stats or {}), generation)
+
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

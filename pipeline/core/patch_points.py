@@ -43,6 +43,8 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
+from pipeline.core.scene import finite_pose_mask
+
 PATCH_GRID = 27                # patches per side: input 432 / patch 16
 POINTS_SOURCES = ("depth", "cut3r")
 # The frame of ``points.npy`` (and of CUT3R's estimated poses): the scene's z-up world, or the first manifest frame's
@@ -59,10 +61,7 @@ class PatchPoints:
 
 
 def _finite_rigid(pose: np.ndarray | None) -> bool:
-    if pose is None:
-        return False
-    pose = np.asarray(pose, np.float64).reshape(4, 4)
-    return bool(np.isfinite(pose).all() and abs(np.linalg.det(pose[:3, :3]) - 1.0) < 1e-3)
+    return pose is not None and bool(finite_pose_mask(pose, tol=1e-3)[0])
 
 
 def patch_index_of_pixels(u: np.ndarray, v: np.ndarray, image_wh: tuple[int, int], grid: int = PATCH_GRID):

@@ -12,7 +12,6 @@ among all rows). Scans' files are exactly what they were before the declaration 
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.core.atomic import read_json, write_json
+from pipeline.core.atomic import read_json, sha256_file, write_json
 from pipeline.core.errors import InputError
 from pipeline.core.layout import DONE_MARKER, VIDEO_DATASET, DatasetRoot, scene_key
 from pipeline.core.ply import read_ply, write_ply
@@ -28,7 +27,6 @@ from pipeline.core.schemas import (FRAMES_SCHEMA, MANIFEST_SCHEMA, OBJECTS_SCHEM
                               table_from_columns, write_table)
 
 DEFAULT_NUM_FRAMES = 32
-SCENE_FILES = ("frames.parquet", "objects.parquet", "manifest.parquet", "mesh.ply", "scene.json")
 # What the frames of a scene are made of (the part of an ingested scene that extraction reads).
 FRAME_FILES = ("frames.parquet", "manifest.parquet")
 POSES_DATASET = "dataset"    # poses, intrinsics and mesh from the dataset (scans)
@@ -65,8 +63,6 @@ def uniform_ranks(valid: np.ndarray, num_frames: int = DEFAULT_NUM_FRAMES) -> np
     ``floor(linspace(0, M-1, N))`` over the M valid frames, as VLM-3R samples, made unique and increasing.
     """
     candidates = np.flatnonzero(np.asarray(valid, dtype=bool))
-    if len(candidates) == 0:
-        return candidates
     if len(candidates) <= num_frames:
         return candidates
     picks = np.linspace(0, len(candidates) - 1, num_frames).astype(np.int64)
@@ -140,12 +136,8 @@ def write_scene(scene_dir: str | Path, scene: CanonicalScene, num_frames: int = 
         "frames": int(len(valid)), "valid_frames": int(valid.sum()), "manifest_frames": int(manifest.num_rows),
         "objects": int(scene.objects.num_rows), "mesh_vertices": int(len(scene.mesh_vertices)),
         "mesh_faces": int(len(scene.mesh_faces)), "poses": scene.poses,
-        "sha256": {name: _sha(scene_dir / name) for name in files},
+        "sha256": {name: sha256_file(scene_dir / name) for name in files},
     }
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def is_complete(scene_dir: str | Path) -> bool:
@@ -283,11 +275,11 @@ def frames_columns(n: int) -> dict[str, Any]:
     }
 
 
-def finite_pose_mask(camera_to_world: np.ndarray) -> np.ndarray:
-    """True where a [N, 4, 4] (or [N, 16]) pose is entirely finite and its rotation is proper."""
+def finite_pose_mask(camera_to_world: np.ndarray, tol: float = 1e-2) -> np.ndarray:
+    """True where a [N, 4, 4] (or [N, 16]) pose is entirely finite and its rotation is proper (|det - 1| < tol)."""
     c2w = np.asarray(camera_to_world, np.float64).reshape(-1, 4, 4)
     ok = np.isfinite(c2w).all(axis=(1, 2))
     det = np.full(len(c2w), np.nan)
     det[ok] = np.linalg.det(c2w[ok, :3, :3])
-    ok &= np.abs(det - 1.0) < 1e-2
+    ok &= np.abs(det - 1.0) < tol
     return ok

@@ -257,16 +257,23 @@ def read_shard_marker(path: Path) -> ShardRecord:
 
 
 def complete_shards(shards_dir: str | os.PathLike) -> list[ShardRecord]:
-    """The complete shards of a folder, by index, read-only: a marker counts when its shard exists with the recorded
-    size (as :func:`recover_shards` decides, without deleting anything, so it is safe while a writer runs)."""
+    """The complete shards of a folder, by index, read-only: the markers that :func:`_marker_counts` accepts (those
+    :func:`recover_shards` keeps; nothing is deleted here, so it is safe while a writer runs)."""
     shards_dir = Path(shards_dir)
     records = []
     for marker in sorted((shards_dir / MARKER_DIR).glob("*.json")) if (shards_dir / MARKER_DIR).is_dir() else []:
         record = read_shard_marker(marker)
-        shard = shards_dir / record.file
-        if SHARD_RE.match(record.file) and shard.is_file() and shard.stat().st_size == record.size_bytes:
+        if _marker_counts(shards_dir, marker, record):
             records.append(record)
     return sorted(records, key=lambda r: r.index)
+
+
+def _marker_counts(shards_dir: Path, marker: Path, record: ShardRecord) -> bool:
+    """Whether a done-marker marks a complete shard: it is the shard's own marker (not a copy under another name)
+    and the shard exists with the recorded size."""
+    shard = shards_dir / record.file
+    return SHARD_RE.match(record.file) is not None and marker == marker_path(shards_dir, record.file) \
+        and shard.is_file() and shard.stat().st_size == record.size_bytes
 
 
 def remove_shards(shards_dir: str | os.PathLike, files: Iterable[str]) -> None:
@@ -286,9 +293,9 @@ def sample_digest(members: Sequence[tuple[str, bytes]]) -> str:
     return h.hexdigest()
 
 
-def recover_shards(shards_dir: str | os.PathLike, *, verify_sha256: bool = False) -> ShardState:
-    """Make ``shards_dir`` consistent before a run: keep the shards whose marker matches the file (size, and the
-    sha256 with ``verify_sha256``), delete temporary files, shards without a marker and markers without a shard.
+def recover_shards(shards_dir: str | os.PathLike) -> ShardState:
+    """Make ``shards_dir`` consistent before a run: keep the shards whose marker matches the file (as
+    :func:`complete_shards` decides), delete temporary files, shards without a marker and markers without a shard.
 
     A killed run leaves at most a temporary file and possibly one renamed shard without its marker; both are deleted
     here, so their scenes are extracted again and every scene ends up in exactly one complete shard.
@@ -303,11 +310,7 @@ def recover_shards(shards_dir: str | os.PathLike, *, verify_sha256: bool = False
     records: dict[str, ShardRecord] = {}
     for marker in sorted((shards_dir / MARKER_DIR).glob("*.json")):
         record = read_shard_marker(marker)
-        shard = shards_dir / record.file
-        ok = SHARD_RE.match(record.file) is not None and marker == marker_path(shards_dir, record.file) \
-            and shard.is_file() and shard.stat().st_size == record.size_bytes \
-            and (not verify_sha256 or sha256_file(shard) == record.sha256)
-        if ok:
+        if _marker_counts(shards_dir, marker, record):
             records[record.file] = record
         else:
             marker.unlink()

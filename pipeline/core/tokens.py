@@ -223,15 +223,6 @@ def quantize_tokens(values: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndar
     return codes, scale
 
 
-def dequantize_tokens(codes: np.ndarray, scale: np.ndarray, dtype: str, *, threads: int | None = None
-                      ) -> np.ndarray:
-    """(codes, scales) of a scaled codec -> float32 tokens ``code * scale`` (see :func:`decode_tokens`)."""
-    codec = token_codec(dtype)
-    if not codec.scaled:
-        raise ValueError(f"{codec.name} is not a scaled codec (use decode_tokens)")
-    return _decode(codes, codec.name, scale, threads)
-
-
 def encode_tokens(values: np.ndarray, dtype: str) -> np.ndarray:
     """float tokens -> the stored array of a lossless codec (uint16 bit patterns for bfloat16)."""
     codec = token_codec(dtype)
@@ -471,6 +462,13 @@ class TokenSample:
             members.append(("patch_scale.npy", self.patch_scale))
         return members
 
+    def point_members(self) -> list[tuple[str, np.ndarray]]:
+        """(member suffix, array) of the per-patch points, when the sample has them."""
+        if self.points is None:
+            return []
+        return [("points.npy", self.points), ("points_cam0.npy", self.points_cam0),
+                ("points_valid.npy", self.points_valid)]
+
     def images(self) -> list[np.ndarray]:
         """The stored JPEG frames decoded to RGB uint8 [H, W, 3]."""
         from pipeline.core.frames import decode_image_bytes
@@ -488,12 +486,9 @@ def sample_members(sample: TokenSample) -> list[tuple[str, bytes]]:
     members = [
         (f"{sample.key}.meta.json", dumps_json(sample.meta).encode("utf-8")),
         (f"{sample.key}.frames.json", dumps_json(sample.frames).encode("utf-8")),
-        *[(f"{sample.key}.{suffix}", npy_bytes(array)) for suffix, array in sample.token_members()],
+        *[(f"{sample.key}.{suffix}", npy_bytes(array))
+          for suffix, array in sample.token_members() + sample.point_members()],
     ]
-    if sample.points is not None:
-        members += [(f"{sample.key}.points.npy", npy_bytes(sample.points)),
-                    (f"{sample.key}.points_cam0.npy", npy_bytes(sample.points_cam0)),
-                    (f"{sample.key}.points_valid.npy", npy_bytes(sample.points_valid))]
     for rank, data in enumerate(sample.jpegs or []):
         members.append((f"{sample.key}.{frame_member(rank)}", bytes(data)))
     return members
@@ -627,10 +622,11 @@ def _validate_estimated_poses(sample: TokenSample, where: str) -> None:
         raise ShardError(where, "meta points_frame is 'camera0', but points.npy differs from points_cam0.npy")
 
 
-def write_sample(writer: ShardWriter, sample: TokenSample) -> None:
-    """Append one validated token sample to a shard writer (its source digest goes into the shard's marker)."""
-    source = sample.meta.get("source_sha256")
-    writer.write_members(sample.key, sample_members(sample), None if source is None else str(source))
+def write_sample(writer: ShardWriter, sample: TokenSample,
+                 unit_marker: Mapping[str, Any] | None = None) -> None:
+    """Append one validated token sample to a shard writer; ``unit_marker`` as in
+    :meth:`pipeline.core.shards.ShardWriter.write_members`."""
+    writer.write_members(sample.key, sample_members(sample), unit_marker)
 
 
 # ---- reading -----------------------------------------------------------------------------------------------------

@@ -77,30 +77,25 @@ def pack_members(sample: TokenSample, records: list[dict[str, Any]], timing: Map
         raise ValueError(f"{sample.key}: a training sample needs at least one question")
     if (jpegs is None) == (vision_features is None):
         raise ValueError(f"{sample.key}: give exactly one of jpegs and vision_features")
-    t = sample.num_frames
+    t, key = sample.num_frames, sample.key
+    if vision_features is not None and vision_features.shape[0] != t:
+        raise ValueError(f"{key}: vision features for {vision_features.shape[0]} frames, tokens for {t}")
+    if jpegs is not None and len(jpegs) != t:
+        raise ValueError(f"{key}: {len(jpegs)} JPEG frames for {t} token frames")
     meta = dict(sample.meta)
     meta["train"] = {"code_version": __version__, "num_questions": len(records),
                      "visual": "jpeg" if jpegs is not None else "vision_features", "vision_model": vision_model}
-    key = sample.key
+    if vision_features is not None:
+        meta["vision_dtype"] = "bfloat16"
     members = [(f"{key}.meta.json", dumps_json(meta).encode()),
                (f"{key}.frames.json", dumps_json(sample.frames).encode()),
                *[(f"{key}.{suffix}", npy_bytes(array)) for suffix, array in sample.token_members()],
                (f"{key}.video.json", dumps_json(dict(timing)).encode()),
-               (f"{key}.qa.json", dumps_json(records).encode())]
-    if sample.points is not None:
-        members += [(f"{key}.{name}", npy_bytes(array)) for name, array in (
-            ("points.npy", sample.points), ("points_cam0.npy", sample.points_cam0),
-            ("points_valid.npy", sample.points_valid))]
+               (f"{key}.qa.json", dumps_json(records).encode()),
+               *[(f"{key}.{suffix}", npy_bytes(array)) for suffix, array in sample.point_members()]]
     if vision_features is not None:
-        if vision_features.shape[0] != t:
-            raise ValueError(f"{key}: vision features for {vision_features.shape[0]} frames, tokens for {t}")
-        meta["vision_dtype"] = "bfloat16"
-        members[0] = (f"{key}.meta.json", dumps_json(meta).encode())
         members.append((f"{key}.vision.npy", npy_bytes(encode_tokens(vision_features, "bfloat16"))))
     else:
-        assert jpegs is not None
-        if len(jpegs) != t:
-            raise ValueError(f"{key}: {len(jpegs)} JPEG frames for {t} token frames")
         members += [(f"{key}.{frame_member(i)}", bytes(d)) for i, d in enumerate(jpegs)]
     return members
 

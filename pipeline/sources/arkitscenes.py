@@ -412,14 +412,6 @@ def _frame_stamp(path: Path, video_id: str) -> str:
 
 
 class ArkitScenesReader:
-    layout = ("<raw>/{raw,3dod}/{Training,Validation}/<video id>/ with <video id>_3dod_annotation.json, "
-              "<video id>_3dod_mesh.ply, lowres_wide/ and lowres_wide.traj (3dod: inside <video id>_frames/)")
-
-    def looks_like(self, raw: Path) -> bool:
-        """An ARKitScenes download: numeric video folders in the fold folders of raw/ or 3dod/ (or of the root)."""
-        return any(d.is_dir() and d.name.isdigit() for layout_dir in _layout_dirs(raw)
-                   for fold in FOLD_TO_SPLIT if (layout_dir / fold).is_dir() for d in (layout_dir / fold).iterdir())
-
     """ARKitScenes in the canonical form. ``list_scenes``/``read_scene`` follow the reader protocol.
 
     Options: ``pose_match_tolerance_s`` (see the module docstring), ``unknown_labels`` ("error": a label outside
@@ -427,6 +419,13 @@ class ArkitScenesReader:
     """
 
     name = DATASET
+    layout = ("<raw>/{raw,3dod}/{Training,Validation}/<video id>/ with <video id>_3dod_annotation.json, "
+              "<video id>_3dod_mesh.ply, lowres_wide/ and lowres_wide.traj (3dod: inside <video id>_frames/)")
+
+    def looks_like(self, raw: Path) -> bool:
+        """An ARKitScenes download: numeric video folders in the fold folders of raw/ or 3dod/ (or of the root)."""
+        return any(d.is_dir() and d.name.isdigit() for layout_dir in _layout_dirs(raw)
+                   for fold in FOLD_TO_SPLIT if (layout_dir / fold).is_dir() for d in (layout_dir / fold).iterdir())
 
     def __init__(self, pose_match_tolerance_s: float = DEFAULT_POSE_MATCH_TOLERANCE_S, unknown_labels: str = "error",
                  pose_interpolation_max_gap_s: float = DEFAULT_POSE_INTERPOLATION_MAX_GAP_S):

@@ -31,13 +31,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.core.atomic import atomic_path, write_bytes, write_text
+from pipeline.core.atomic import write_bytes, write_text
 from pipeline.core.ply import write_ply
 from pipeline.core.scene import box_aabb
 from pipeline.sources.colmap import (ColmapCamera, ColmapImage, rotmat_to_qvec, world_to_camera_inverse,
                                      write_cameras_txt, write_images_txt, write_points3d_txt)
 from pipeline.core.depth_bin import DEPTH_HEIGHT, DEPTH_WIDTH, write_depth_bin
 from pipeline.sources.synthetic import SyntheticScene
+from pipeline.sources.video_writer import mux_video, video_fps
 
 # Structure classes that ScanNet++'s instance benchmark leaves out (its map_benchmark.csv maps them to 'None').
 _STRUCTURE_CLASSES = frozenset({"wall", "floor", "ceiling", "doorframe", "window frame"})
@@ -52,34 +53,9 @@ def scannetpp_scene_id(name: str) -> str:
     return hashlib.sha256(name.encode("utf-8")).hexdigest()[:10]
 
 
-def _video_fps(timestamps: np.ndarray) -> Fraction:
-    """The stream rate implied by the timestamps (integer fps when they are regular), else the iPhone's 60."""
-    steps = np.diff(np.asarray(timestamps, np.float64))
-    if len(steps) == 0 or not np.all(steps > 0):
-        return Fraction(DEFAULT_FPS)
-    fps = 1.0 / float(np.median(steps))
-    return Fraction(round(fps)) if abs(fps - round(fps)) < 1e-3 * fps else Fraction(fps).limit_denominator(1001)
-
-
 def write_video(path: Path, rgb: np.ndarray, fps: Fraction) -> None:
     """Lossless H.264 (RGB 4:4:4, qp 0) in mp4 or mkv (by the suffix), one thread so the bytes are reproducible."""
-    import av
-
-    container_format = {".mp4": "mp4", ".mkv": "matroska"}[path.suffix]
-    t, h, w, _ = rgb.shape
-    with atomic_path(path) as tmp:
-        with av.open(str(tmp), "w", format=container_format) as container:
-            stream = container.add_stream("libx264rgb", rate=fps)
-            stream.width, stream.height, stream.pix_fmt = w, h, "rgb24"
-            stream.options = {"qp": "0", "preset": "medium", "threads": "1"}
-            stream.codec_context.time_base = 1 / fps
-            for k in range(t):
-                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[k]), format="rgb24")
-                frame.pts = k
-                for packet in stream.encode(frame):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
+    mux_video(path, rgb, fps, "libx264rgb", "rgb24", {"qp": "0", "preset": "medium", "threads": "1"})
 
 
 def _resample_depth(depth_m: np.ndarray) -> np.ndarray:
@@ -194,7 +170,7 @@ def write_scannetpp(scene: SyntheticScene, raw_root: Path, split: str = "train",
     write_text(scans / "segments_anno.json", json.dumps(_segments_anno(scene, scene_id), indent=1) + "\n")
 
     rgb = np.asarray(scene.rgb, np.uint8)
-    write_video(iphone / f"rgb.{video_container}", rgb, _video_fps(scene.timestamps))
+    write_video(iphone / f"rgb.{video_container}", rgb, video_fps(scene.timestamps, DEFAULT_FPS))
     stale = iphone / ("rgb.mkv" if video_container == "mp4" else "rgb.mp4")
     stale.unlink(missing_ok=True)  # a rewrite with the other container must not leave two videos
     if extract_frames:

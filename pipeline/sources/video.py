@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -260,13 +260,15 @@ def is_video_file(path: Path) -> bool:
 
 def list_video_files(raw: Path) -> list[str]:
     """Relative paths (``/``-separated) of every video file under ``raw``, sorted; hidden entries skipped."""
-    out = []
+    return sorted(_video_files(raw))
+
+
+def _video_files(raw: Path) -> Iterator[str]:
     for path in Path(raw).rglob("*"):
         rel = path.relative_to(raw)
         if any(part.startswith(".") for part in rel.parts) or not path.is_file() or not is_video_file(path):
             continue
-        out.append(rel.as_posix())
-    return sorted(out)
+        yield rel.as_posix()
 
 
 def video_name(relative_file: str) -> str:
@@ -286,7 +288,7 @@ class VideoFolderReader:
 
         if any(get_reader(d).looks_like(raw) for d in READERS if d != DATASET):
             return False
-        return any(is_video_file(p) for p in Path(raw).rglob("*") if p.is_file())
+        return next(_video_files(raw), None) is not None
 
     def list_scenes(self, raw: Path, split: str | None = None) -> list[tuple[str, str]]:
         if split not in (None, SPLIT):

@@ -37,20 +37,30 @@ def scene_name(scene: SyntheticScene, dataset: str) -> str:
 def encode_video(path: Path, frames: np.ndarray, fps: Fraction, rotation_degrees: float | None = None) -> Path:
     """RGB uint8 frames [T, H, W, 3] -> H.264 (yuv420p, reproducible bytes: see below) in the container the suffix
     names; ``rotation_degrees`` sets the display matrix (counter-clockwise, as FFmpeg's av_display_rotation_set)."""
-    import av
-
     t, h, w, _ = frames.shape
     if h % 2 or w % 2:
         raise ValueError(f"4:2:0 video needs even sizes, got {w}x{h}")
-    container_format = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska"}[path.suffix.lower()]
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Reproducible bytes: one thread and x264's lookahead off (with it, the same frames encoded twice gave different
+    # streams, decoded pixels included; with asm=0 they did not: a SIMD path reads padding).
+    mux_video(path, frames, fps, "libx264", "yuv420p",
+              {"crf": "18", "threads": "1", "x264-params": "rc-lookahead=0:mbtree=0"}, rotation_degrees)
+    return path
+
+
+def mux_video(path: Path, frames: np.ndarray, fps: Fraction, codec: str, pix_fmt: str, options: dict[str, str],
+              rotation_degrees: float | None = None) -> None:
+    """RGB uint8 frames [T, H, W, 3] encoded with PyAV's ``codec`` into the container the suffix names (mp4, mov,
+    mkv), written atomically; frame k at pts k in a 1 / fps time base."""
+    import av
+
+    container_format = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska"}[path.suffix.lower()]
+    t, h, w, _ = frames.shape
     with atomic_path(path) as tmp:
         with av.open(str(tmp), "w", format=container_format) as container:
-            stream = container.add_stream("libx264", rate=fps)
-            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-            # Reproducible bytes: one thread and x264's lookahead off (with it, the same frames encoded twice gave
-            # different streams, decoded pixels included; with asm=0 they did not: a SIMD path reads padding).
-            stream.options = {"crf": "18", "threads": "1", "x264-params": "rc-lookahead=0:mbtree=0"}
+            stream = container.add_stream(codec, rate=fps)
+            stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
+            stream.options = dict(options)
             stream.codec_context.time_base = 1 / fps
             if rotation_degrees is not None:
                 stream.set_display_rotation(rotation_degrees)
@@ -61,12 +71,15 @@ def encode_video(path: Path, frames: np.ndarray, fps: Fraction, rotation_degrees
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)
-    return path
 
 
-def scene_fps(scene: SyntheticScene) -> Fraction:
-    steps = np.diff(scene.timestamps)
-    return Fraction(1.0 / float(np.median(steps))).limit_denominator(1001) if steps.size else Fraction(30)
+def video_fps(timestamps: np.ndarray, default: float = 30) -> Fraction:
+    """The stream rate implied by the timestamps (integer fps when they are regular), else ``default``."""
+    steps = np.diff(np.asarray(timestamps, np.float64))
+    if len(steps) == 0 or not np.all(steps > 0):
+        return Fraction(default)
+    fps = 1.0 / float(np.median(steps))
+    return Fraction(round(fps)) if abs(fps - round(fps)) < 1e-3 * fps else Fraction(fps).limit_denominator(1001)
 
 
 def write_video_folder(scenes: list[SyntheticScene], out: Path, dataset: str = "scannetpp",
@@ -76,12 +89,12 @@ def write_video_folder(scenes: list[SyntheticScene], out: Path, dataset: str = "
     names = []
     for scene in scenes:
         name = f"{dataset}/{scene_name(scene, dataset)}"
-        encode_video(out / f"{name}.mp4", scene.rgb, scene_fps(scene))
+        encode_video(out / f"{name}.mp4", scene.rgb, video_fps(scene.timestamps))
         names.append(name)
     if sideways and scenes:
         scene = scenes[0]
         stored = np.ascontiguousarray(np.rot90(scene.rgb, 1, axes=(1, 2)))   # the display turns it back clockwise
         name = f"phone/{scene_name(scene, dataset)}_sideways"
-        encode_video(out / f"{name}.mov", stored, scene_fps(scene), rotation_degrees=-90)
+        encode_video(out / f"{name}.mov", stored, video_fps(scene.timestamps), rotation_degrees=-90)
         names.append(name)
     return names

@@ -33,7 +33,7 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Sequenc
 
 from pipeline.core.atomic import dumps_json, write_json
 from pipeline.core.errors import WARNING, ErrorRow, record_errors
-from pipeline.core.layout import DatasetRoot, DatasetRootError
+from pipeline.core.layout import DatasetRoot
 from pipeline.core.lock import RootLock
 from pipeline.core.markers import Marker, fingerprint, read_marker, split_ref
 
@@ -68,7 +68,7 @@ class Unit:
 
 class Ledger:
     """Where a stage's done-markers live. One JSON file per unit by default (:class:`FileLedger`); shard stages keep
-    their units' markers inside each shard's marker (:class:`pipeline.stages.shard_ledger.ShardLedger`)."""
+    their units' markers inside each shard's marker (:class:`ShardLedger`)."""
 
     def read(self, root: DatasetRoot) -> dict[str, Marker]:
         raise NotImplementedError
@@ -155,9 +155,8 @@ class Work:
 
     def marker(self, stage: "Stage", ctx: Context, output: str, stats: Mapping[str, Any],
                parts: Mapping[str, str] | None = None) -> Marker:
-        return Marker(stage.name, stage.scope(ctx.config), self.unit.id, self.fingerprint, stage.version,
-                      config_dict(ctx.config), dict(self.unit.upstream), output, dict(parts or {}), dict(stats),
-                      self.generation)
+        return Marker.made(stage.name, stage.scope(ctx.config), self.unit.id, stage.version, config_dict(ctx.config),
+                           self.unit.upstream, output, parts, stats, self.generation)
 
 
 class Stage:
@@ -529,9 +528,8 @@ def drive(stage: Stage, root: DatasetRoot, config: Any, options: RunOptions, *, 
     if stage.creates_root and not root.path.exists():
         root.path.mkdir(parents=True)
         created = True
-    elif not root.path.is_dir():
-        raise DatasetRootError(f"{root.path}: dataset root not found" if not root.path.exists()
-                               else f"{root.path}: not a folder")
+    else:
+        root.check()
     try:
         return _run_locked(stage, root, config, options, registry, extra, t0)
     except BaseException:

@@ -5,9 +5,9 @@ or another folder) that have a question file ``ROOT/qa/<bench>/<split>.jsonl``. 
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 from pipeline.core.atomic import sha256_file, write_json
 from pipeline.core.errors import ErrorRow, InputError
@@ -19,9 +19,6 @@ from pipeline.stages.contract import Context, FileLedger, Outcome, Stage, StageR
 @dataclass(frozen=True)
 class EvalConfig:
     bench: str | None = None              # the overall rule; None: each file's own bench
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def print_report(title: str, report) -> None:

@@ -135,8 +135,7 @@ class ExtractStage(ShardStage):
                         pending = [o for o in pending if o.unit.job.key not in finished]
             yield from pending                                    # the last shard was completed by close()
         except ExtractionAborted as exc:
-            ctx.extra["aborted"] = str(exc)
-            ctx.say(f"extract: aborted: {exc}")
+            ctx.extra["aborted"] = str(exc)          # said once, in the summary (stages.run.extract)
             for o in pending:    # the open shard was dropped: these units are not done
                 yield Outcome(o.unit, errors=[ErrorRow(self.name, o.unit.dataset, o.unit.scene_id,
                                                        "ExtractionAborted", str(exc), "")])
@@ -161,7 +160,7 @@ def save_token_samples(root: DatasetRoot, samples, identity: Mapping[str, Any], 
                        max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> None:
     """Write token samples made elsewhere (tests, other front ends) exactly as the extract stage does: shards in
     order, each sample with its unit's marker (reading its ingested scene's frames), then the index."""
-    from pipeline.core.markers import Marker, fingerprint, ref
+    from pipeline.core.markers import Marker, ref
     from pipeline.core.shards import ShardWriter, complete_shards, sample_digest, write_index
     from pipeline.core.tokens import sample_members
     from pipeline.stages.ingest import IngestStage
@@ -174,8 +173,7 @@ def save_token_samples(root: DatasetRoot, samples, identity: Mapping[str, Any], 
             unit = f"{sample.meta['dataset']}/{sample.meta['scene_id']}"
             upstream = {ref("ingest", unit, "frames"): ingested[unit].identity_of("frames")} if unit in ingested else {}
             members = sample_members(sample)
-            marker = Marker(stage.name, stage.name, unit,
-                            fingerprint(stage.name, stage.name, stage.version, config, upstream), stage.version,
-                            config, upstream, sample_digest(members), {}, sample_marker_stats(sample))
+            marker = Marker.made(stage.name, stage.scope(config), unit, stage.version, config, upstream,
+                                 sample_digest(members), stats=sample_marker_stats(sample))
             writer.write_members(sample.key, members, marker.to_json())
     write_index(root.tokens_dir, complete_shards(root.tokens_dir), config)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pipeline.core.layout import DONE_MARKER, DatasetRoot
-from pipeline.core.markers import Marker, digest, fingerprint
+from pipeline.core.markers import Marker, digest
 from pipeline.stages.contract import WARNINGS, Context, FileLedger, Stage, Unit
 from pipeline.stages.ingest import iter_scene_units
 from scene_graph.graph import GraphConfig, SceneGraph
@@ -113,8 +113,7 @@ def save_graph(root: DatasetRoot, graph: SceneGraph, *, scope: str = "graph", co
     config = dict(config if config is not None else GraphStageConfig().to_dict())
     upstream = dict(upstream or {})
     unit = f"{graph.dataset}/{graph.scene_id}"
-    marker = Marker(stage, scope, unit, fingerprint(stage, scope, version, config, upstream), version, config,
-                    upstream, graph_output(stats), {}, stats)
+    marker = Marker.made(stage, scope, unit, version, config, upstream, graph_output(stats), stats=stats)
     graph_ledger().write(root, marker)
     return marker
 

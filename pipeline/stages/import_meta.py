@@ -7,7 +7,7 @@ warning rows and kept out of counting and unique-object tasks (:func:`scene_grap
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -37,9 +37,6 @@ class ImportMetaConfig:
             raise ValueError("--frame-meta applies to --format vlm3r only")
         if self.dataset is not None and self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose from {', '.join(DATASETS)}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class ImportMetaStage(Stage):

@@ -6,7 +6,7 @@ and manifest: what extraction reads), so re-ingesting a scene whose objects chan
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -14,7 +14,7 @@ from pipeline.core.errors import InputError
 from pipeline.core.layout import DATASETS, DONE_MARKER, VIDEO_DATASET, DatasetRoot
 from pipeline.core.markers import Marker, digest
 from pipeline.core.scene import DEFAULT_NUM_FRAMES, FRAME_FILES, CanonicalScene, write_scene
-from pipeline.stages.contract import WARNINGS, Context, FileLedger, Stage, StageRefused, Unit
+from pipeline.stages.contract import WARNINGS, Context, FileLedger, Stage, StageRefused, Unit, config_dict
 
 
 @dataclass(frozen=True)
@@ -36,9 +36,6 @@ class IngestConfig:
     @property
     def reader_options(self) -> dict[str, str]:
         return {"stream": self.stream} if self.stream else {}
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -131,7 +128,7 @@ def list_release(config: IngestConfig, split: str | None) -> list[tuple[str, str
             raise StageRefused(f"ingest: {raw}: no {config.dataset} scene of split {split!r} (splits found: {found})")
     looks = [d for d in recognise(raw) if d != config.dataset]
     hint = f"; this folder has the layout of {' / '.join(looks)} (--dataset {looks[0]})" if looks else ""
-    if config.dataset in recognise(raw.parent):
+    if config.dataset != VIDEO_DATASET and reader.looks_like(raw.parent):
         hint = f"; {raw} looks like a folder inside a {config.dataset} release: pass its parent ({raw.parent})"
     raise StageRefused(f"ingest: {raw}: no {config.dataset} scene found{problem}. Expected the {config.dataset} "
                        f"layout: {reader.layout}{hint}")
@@ -153,16 +150,13 @@ def write_ingested_scene(root: DatasetRoot, scene: CanonicalScene, num_frames: i
                          raw: str = "") -> Marker:
     """Write a scene built in memory (tests, synthetic data, other front ends) exactly as ``ingest`` does: the
     canonical files, then its done-marker (config scope ``ingest:<dataset>``, raw folder ``raw``)."""
-    from pipeline.core.markers import fingerprint
-
     stage = IngestStage()
     config = IngestConfig(scene.dataset, raw, num_frames, verify_frames=False)
     stats = write_canonical_scene(root.scene_dir(scene.dataset, scene.scene_id), scene, num_frames, False)
     output, parts = scene_outputs(stats)
     unit = _unit_id(scene.dataset, scene.scene_id)
-    marker = Marker(stage.name, stage.scope(config), unit,
-                    fingerprint(stage.name, stage.scope(config), stage.version, config.to_dict(), {}),
-                    stage.version, config.to_dict(), {}, output, parts, stats)
+    marker = Marker.made(stage.name, stage.scope(config), unit, stage.version, config_dict(config), {}, output,
+                         parts, stats)
     stage.ledger().write(root, marker)
     return marker
 

@@ -11,7 +11,7 @@ processor does; with a vision encoder, its features (``vision.npy``) replace the
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -24,7 +24,7 @@ from pipeline.core.layout import BENCHMARK_SPLITS, QA_COUNTS, DatasetRoot, scene
 from pipeline.core.markers import ref
 from pipeline.core.qa_records import iter_records
 from pipeline.core.train_samples import PackError, pack_members, scene_frames, shard_qa_counts
-from pipeline.stages.contract import Context, Outcome, ShardStage, StageRefused, Unit, Work
+from pipeline.stages.contract import Context, Outcome, ShardStage, StageRefused, Unit, Work, config_dict
 
 DEFAULT_MAX_SHARD_BYTES = 1 << 30
 
@@ -37,9 +37,6 @@ class PackConfig:
     frame_size: int = FRAME_SIZE
     frame_resample: str = "pil_bicubic"
     jpeg_quality: int = JPEG_QUALITY
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -185,6 +182,6 @@ class PackStage(ShardStage):
 
         out_dir = self.shards_dir(ctx.root)
         records = complete_shards(out_dir)
-        write_index(out_dir, records, ctx.config.to_dict())
+        write_index(out_dir, records, config_dict(ctx.config))
         write_json(out_dir / QA_COUNTS, {r.file: shard_qa_counts(out_dir / r.file) for r in records})
         return {"shards": len(records), "scenes": sum(len(r.keys) for r in records), **ctx.extra.get("counts", {})}

@@ -18,8 +18,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from pipeline.core.atomic import atomic_open, dumps_json, read_json, sha256_file, write_json
-from pipeline.core.errors import ErrorRow, InputError
+from pipeline.core.atomic import atomic_open, dumps_json, sha256_file, write_json
+from pipeline.core.errors import ErrorRow, InputError, read_input_json
 from pipeline.core.layout import BENCHES, BENCHMARK_SPLITS, MARKER_DIR, DatasetRoot, bench_file_name, scene_key
 from pipeline.core.markers import ref
 from pipeline.stages.contract import Context, FileLedger, Outcome, Stage, StageRefused, Unit, Work
@@ -238,7 +238,7 @@ class QAStage(Stage):
         missing = sorted(set(splits) - set(all_splits))
         if missing:
             raise StageRefused(f"qa: no graphs of split(s) {missing} under {ctx.root.graphs_dir} (found {all_splits})")
-        recorded = read_json(ctx.root.qa_scenes_path) if ctx.root.qa_scenes_path.exists() else {}
+        recorded = read_input_json(ctx.root.qa_scenes_path, "split guard record") if ctx.root.qa_scenes_path.exists() else {}
         problems = check_splits([(d, s, sp) for (d, s), sp in sorted(split_of.items())], recorded, set(all_splits))
         if problems:
             raise StageRefused("qa: split guard:\n" + "\n".join(f"  {p}" for p in problems) +
@@ -331,7 +331,7 @@ class QAStage(Stage):
     def finish(self, ctx: Context, outcomes: list[Outcome], done: list[Work]) -> dict[str, Any]:
         """The split guard's memory: the scenes of every split that has files now."""
         path = ctx.root.qa_scenes_path
-        recorded = read_json(path) if path.exists() else {}
+        recorded = read_input_json(path, "split guard record") if path.exists() else {}
         for w in [o.unit for o in outcomes] + [w.unit for w in done]:
             job: QAUnitJob = w.job
             recorded[job.split] = sorted(scene_key(d, s) for d, s in job.scenes)
@@ -343,7 +343,7 @@ def save_qa_file(root: DatasetRoot, bench: str, split: str, records: list[dict[s
                  config: QAStageConfig | None = None) -> None:
     """Write a question file made elsewhere (tests, hand-made benchmark files) and its done-marker, as the qa stage
     leaves them (records as given, one canonical JSON line each)."""
-    from pipeline.core.markers import Marker, fingerprint
+    from pipeline.core.markers import Marker
     from pipeline.core.qa_records import dumps_record
 
     stage = QAStage()
@@ -352,8 +352,7 @@ def save_qa_file(root: DatasetRoot, bench: str, split: str, records: list[dict[s
         for r in records:
             fh.write(dumps_record(r) + "\n")
     settings = (config or QAStageConfig()).to_dict()
-    marker = Marker(stage.name, stage.name, f"{bench}/{split}", fingerprint(stage.name, stage.name, stage.version,
-                                                                            settings, {}),
-                    stage.version, settings, {}, sha256_file(path), {},
-                    {"questions": len(records), "scenes": len({r.get("scene_key") for r in records})})
+    marker = Marker.made(stage.name, stage.scope(settings), f"{bench}/{split}", stage.version, settings, {},
+                         sha256_file(path),
+                         stats={"questions": len(records), "scenes": len({r.get("scene_key") for r in records})})
     stage.ledger().write(root, marker)

@@ -24,8 +24,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pipeline.core.atomic import read_json, write_text
-from pipeline.core.errors import InputError
+from pipeline.core.atomic import write_text
+from pipeline.core.errors import InputError, read_input_json
 from pipeline.core.layout import PLOTS_DIR, QA_COUNTS, DatasetRoot, scene_key
 from pipeline.core.qa_records import iter_records
 from pipeline.core.shards import ShardRecord, complete_shards
@@ -185,19 +185,12 @@ def _collect_shards(root: DatasetRoot, token_records: list[ShardRecord]) -> list
     train_records = complete_shards(root.train_shards_dir)
     if train_records:
         counts_path = root.train_shards_dir / QA_COUNTS        # {shard file: {key: questions}}
-        counts = _read_json(counts_path) if counts_path.is_file() else {}
+        counts = read_input_json(counts_path, "QA counts file") if counts_path.is_file() else {}
         questions = [sum(counts[r.file].values()) if r.file in counts else 0 for r in train_records] \
             if counts else None
         out.append(ShardSet("train_shards", [r.file for r in train_records], [r.size_bytes for r in train_records],
                             [len(r.keys) for r in train_records], questions))
     return out
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return read_json(path)
-    except (OSError, ValueError) as exc:
-        raise InputError(path, f"unreadable JSON ({exc})") from None
 
 
 def _collect_routes(root: DatasetRoot, ledgers: Ledgers) -> tuple[dict[str, int], list[int], list[str]]:

@@ -6,7 +6,7 @@ the unique objects of ``objects.parquet``; outputs are ``ROOT/routes/<ds>/<id>.p
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,6 @@ class RoutesConfig:
             raise ValueError(f"unknown navigation backend {self.backend!r}; choose from {', '.join(BACKENDS)}")
         if self.max_routes < 0:
             raise ValueError("--max-routes must be >= 0")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Any, Iterable
 
 from pipeline.core.errors import ErrorRow, InputError, read_errors
 from pipeline.core.layout import BENCHES, BENCHMARK_SPLITS, DATASETS, DatasetRoot
+from pipeline.core.scene import POSES_DATASET, POSES_NONE
 from pipeline.core.schemas import SchemaError
 from pipeline.stages.contract import Ledgers
 
@@ -100,7 +101,7 @@ def _expected(name: str, ledgers: Ledgers, info: dict[str, Any], done: int, fail
     if name == "extract":
         return max(len(ingested), done + failed)
     if name in ("graph", "routes"):     # scenes with poses and a mesh (plain videos have neither)
-        posed = sum(1 for m in ingested.values() if m.stats.get("poses", "dataset") != "none")
+        posed = sum(1 for m in ingested.values() if m.stats.get("poses", POSES_DATASET) != POSES_NONE)
         return max(posed, done + failed)
     if name == "qa":
         splits = {str(m.stats.get("split")) for m in ledgers.markers("graph").values()}
@@ -143,9 +144,7 @@ def _details(name: str, root: DatasetRoot, ledgers: Ledgers, markers) -> dict[st
 def root_status(ledgers: Ledgers) -> RootStatus:
     """The status of every stage of the ledgers' root (``ledgers.registry``: the stages to report, in order)."""
     root = ledgers.root
-    if not root.path.is_dir():
-        raise InputError(root.path, "dataset root not found")
-    info = root.load_info()
+    info = root.check()
     errors = load_errors(root)
     rows = []
     for name, stage in ledgers.registry.items():

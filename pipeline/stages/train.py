@@ -8,7 +8,6 @@ token samples of their scenes.
 """
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,9 +123,6 @@ class PredictConfig:
     max_new_tokens: int = 8
     time_instruction: bool = False        # as the model was trained (LLaVA-Video's time instruction)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 class PredictStage(Stage):
     name = "predict"
@@ -209,9 +205,6 @@ class PredictFileConfig:
     out: str                              # the predictions file, absolute
     max_new_tokens: int = 16              # lmms-eval's generation budget
     time_instruction: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 class PredictFileStage(Stage):

@@ -450,3 +450,13 @@ def test_iter_samples_reads_ahead_with_the_same_samples_and_errors(tmp_path):
             for sample in iter_samples(tmp_path, read_ahead_samples=depth):
                 got.append(sample.key)
         assert got and got == [s.key for s in samples[:len(got)]]
+
+
+def test_write_sample_takes_samples_as_extract_makes_them(tmp_path):
+    # extract's samples carry the source digest in meta.json; it is sample data, not the shard marker's unit entry
+    sample = make_sample("scannet_scene0000_00")
+    sample.meta["source_sha256"] = "cd" * 32
+    records = write_samples(tmp_path, [sample])
+    assert records[0].units == {}
+    (back,) = list(iter_samples(tmp_path))
+    assert back.meta["source_sha256"] == "cd" * 32

@@ -184,3 +184,32 @@ def test_a_disk_that_fills_up_names_the_file_and_keeps_each_scenes_error(built_r
     text = proc.stdout + proc.stderr
     assert proc.returncode in (1, 2) and "Traceback" not in text, text
     assert "File too large" in proc.stderr and "error: graph scannet/" in proc.stderr
+
+
+def test_bad_values_are_refused_before_a_rebuild_deletes_anything(built_root, tmp_path, capsys):
+    root = built_root.copy(tmp_path / "root")
+    shards = {p.name: p.read_bytes() for p in (root / "train_shards").glob("*.tar")}
+    assert shards
+    for argv in (["pack", "--root", str(root), "--max-shard-mb", "-5", "--rebuild"],
+                 ["pack", "--root", str(root), "--max-shard-mb", "zero", "--rebuild"],
+                 ["train", "--root", str(root), "--tiny", "--steps", "-1", "--rebuild"],
+                 ["train", "--root", str(root), "--tiny", "--epochs", "0", "--rebuild"],
+                 ["graph", "--root", str(root), "--workers", "0"]):
+        status, text = _run(capsys, argv)
+        assert status == 2, (argv, text)
+        assert ("must be" in text or "not a number" in text), (argv, text)
+    assert {p.name: p.read_bytes() for p in (root / "train_shards").glob("*.tar")} == shards
+
+
+def test_a_corrupt_bookkeeping_file_is_one_line_naming_it(built_root, tmp_path, capsys):
+    root = built_root.copy(tmp_path / "root")
+    (root / "qa" / "scenes.json").write_text("{not json")
+    status, text = _run(capsys, ["qa", "--root", str(root), "--local", "--rebuild"])
+    assert status == 2 and "scenes.json" in text and "not valid JSON" in text, text
+    (root / "info.json").write_text("{not json")
+    for argv in (["status", "--root", str(root)], ["graph", "--root", str(root), "--local"],
+                 ["stats", "--root", str(root)]):
+        status, text = _run(capsys, argv)
+        assert status == 2 and "info.json: unreadable" in text, (argv, text)
+    status, text = _run(capsys, ["status", "--root", str(root / "info.json")])
+    assert status == 2 and "not a folder" in text, text

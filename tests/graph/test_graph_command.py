@@ -13,6 +13,7 @@ from pipeline.cli import main
 from pipeline.core.errors import read_errors
 from pipeline.core.layout import DONE_MARKER, DatasetRoot
 from pipeline.core.scene import objects_table
+from pipeline.sources import scannet_writer as writer, synthetic
 from pipeline.stages.ingest import write_ingested_scene
 from scene_graph.graph import read_graph
 
@@ -135,8 +136,6 @@ def test_graph_of_a_generated_scannet_scene_matches_the_rendered_instances(tmp_p
     """Generator -> ScanNet raw files (.sens, instance-mask zip, ...) -> ingest -> graph. With the dataset's instance
     masks the visibility equals the generator's instance renders exactly; projecting the mesh against the decoded
     depth finds the same (frame, object) pairs with nearly the same pixel counts."""
-    synthetic = pytest.importorskip("pipeline.sources.synthetic")
-    writer = pytest.importorskip("pipeline.sources.scannet_writer")
     scene = synthetic.generate_scene(3, num_frames=16, width=64, height=48)
     scene_id = writer.write_scannet(scene, tmp_path / "raw")
     root = DatasetRoot(tmp_path / "root")

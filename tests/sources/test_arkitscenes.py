@@ -26,6 +26,7 @@ from pipeline.sources import get_reader
 from pipeline.sources.arkitscenes import (CLASS_NAMES, READER, ArkitScenesReader, ScanInfo, infer_sky_direction,
                                           match_timestamps, read_scan_csv, read_traj, rotate_camera)
 from pipeline.sources.arkitscenes_writer import arkitscenes_label, video_id_for, write_arkitscenes
+from pipeline.sources import synthetic
 from pipeline.sources.synthetic import SyntheticObject, SyntheticScene
 
 VID = "41069025"
@@ -545,9 +546,6 @@ def small_synthetic_scene() -> SyntheticScene:
 
 
 def generated_scene(mounted: bool = False) -> SyntheticScene:
-    synthetic = pytest.importorskip("pipeline.sources.synthetic")
-    if not hasattr(synthetic, "generate_scene"):
-        pytest.skip("pipeline.sources.synthetic.generate_scene has not landed yet")
     if mounted:
         scene = synthetic.generate_scene(0, num_frames=12, width=48, height=36, mounted=True)
         hanging = [o for o in scene.objects if o.centroid[2] - o.lengths[2] / 2 >= synthetic.MOUNTED_BOTTOM_M[0]]

@@ -1,11 +1,13 @@
 """Trainable set, save → reload into a fresh base, checkpoint loaders with their key maps, VLM-3R export naming."""
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from pipeline.core.errors import InputError
+from pipeline.core.images import squash_rgb
 from workers.trainer.tokenizer import ByteTokenizer
 from workers.trainer.data import collate, encode_conversation, user_text
 from workers.trainer.model import (LLAVA_VIDEO_KEY_MAP, ModelConfig, build_model, check_trainable, export_vlm3r,
@@ -119,9 +121,8 @@ def test_llava_video_checkpoint_loads_through_the_key_map(tmp_path):
         torch.testing.assert_close(ours[key], value, rtol=0, atol=0, msg=key)
 
 
-def test_hf_llava_onevision_folder_loads(tmp_path):
-    config = ModelConfig.tiny(tiny_seed=7)
-    source = build_model(config, lora=False)
+def _onevision_folder(tmp_path, source):
+    """A Hugging Face LLaVA-OneVision folder written from a tiny model (without its fusion block); its state."""
     state = {}
     for key, value in source.state_dict().items():
         if key.startswith("fusion."):
@@ -138,6 +139,13 @@ def test_hf_llava_onevision_folder_loads(tmp_path):
     vision = source.vision_tower.config.to_dict()
     (folder / "config.json").write_text(json.dumps({"model_type": "llava_onevision", "text_config": _qwen2_dict(source),
                                                     "vision_config": vision}))
+    return folder, state
+
+
+def test_hf_llava_onevision_folder_loads(tmp_path):
+    config = ModelConfig.tiny(tiny_seed=7)
+    source = build_model(config, lora=False)
+    folder, state = _onevision_folder(tmp_path, source)
     loaded = build_model(ModelConfig(base=str(folder), fusion_heads=2, lora_r=8, lora_alpha=16))
     check_trainable(loaded)
     ours = {k.replace("base_model.model.", "").replace(".base_layer", ""): v for k, v in loaded.state_dict().items()}
@@ -152,6 +160,27 @@ def test_hf_llava_onevision_folder_loads(tmp_path):
     save_file(state, str(folder / "model.safetensors"))
     with pytest.raises(InputError, match="lm.lm_head.weight"):
         build_model(ModelConfig(base=str(folder), fusion_heads=2, lora_r=8, lora_alpha=16))
+
+
+def test_vision_features_of_a_llava_folder_come_from_its_tower_alone(tmp_path, monkeypatch):
+    from workers.trainer import model as model_module
+    from workers.trainer.vision import vision_encoder
+
+    source = build_model(ModelConfig.tiny(tiny_seed=7), lora=False).eval()
+    folder, _ = _onevision_folder(tmp_path, source)
+    monkeypatch.setattr(model_module, "_folder_parts", lambda *a, **k: pytest.fail("built the language model"))
+    encode, fingerprint = vision_encoder(str(folder))
+    frame = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    pixels = (torch.from_numpy(squash_rgb(frame, 384)[None]).permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.5
+    with torch.no_grad():
+        expect = source.vision_features(pixels)
+    torch.testing.assert_close(torch.from_numpy(encode([frame])), expect, rtol=0, atol=0)
+    assert fingerprint == model_module.model_fingerprint(ModelConfig(base=str(folder)))
+    qwen = tmp_path / "qwen2"
+    qwen.mkdir()
+    (qwen / "config.json").write_text(json.dumps({**_qwen2_dict(source), "model_type": "qwen2"}))
+    with pytest.raises(InputError, match="has no vision tower"):
+        vision_encoder(str(qwen))
 
 
 def test_export_uses_vlm3r_names(tmp_path):

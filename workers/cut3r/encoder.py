@@ -1,7 +1,7 @@
 """The pure core the extraction stage calls: preprocessed frames of B videos in, geometry tokens out."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -28,8 +28,7 @@ class EncodedBatch:
     def to_host(self) -> "EncodedBatch":
         """Every tensor in host memory, dtypes kept: from a GPU, copied into pinned memory asynchronously, then one
         synchronisation (a bf16 batch moves half the bytes of a float32 one)."""
-        tensors = {name: getattr(self, name) for name in ("camera_tokens", "patch_tokens", "lengths", "points",
-                                                          "points_conf", "camera_poses")}
+        tensors = {f.name: getattr(self, f.name) for f in fields(self)}
         devices = {t.device.type for t in tensors.values() if t is not None}
         if devices <= {"cpu"}:
             return self

@@ -64,6 +64,9 @@ LLAVA_VIDEO_KEY_MAP: tuple[tuple[str, str], ...] = (
     ("model.", "lm.model."),
     ("lm_head.", "lm.lm_head."),
 )
+# A bare SigLIP folder (the whole SigLIP or its vision model) into a module whose tower is ``vision_tower``.
+SIGLIP_FOLDER_KEY_MAP: tuple[tuple[str, str], ...] = (("vision_model.", "vision_tower.vision_model."),
+                                                      ("", "vision_tower."))
 HF_ONEVISION_KEY_MAP: tuple[tuple[str, str], ...] = (
     ("model.vision_tower.", "vision_tower."),
     ("model.multi_modal_projector.", "projector."),
@@ -462,7 +465,7 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 
 def _folder_parts(config: ModelConfig, dtype: torch.dtype) -> tuple[nn.Module | None, nn.Module, int, str]:
-    from transformers import Qwen2Config, Qwen2ForCausalLM, SiglipVisionConfig, SiglipVisionModel
+    from transformers import Qwen2Config, Qwen2ForCausalLM
 
     folder = Path(config.base)
     layout = detect_layout(folder)
@@ -488,19 +491,48 @@ def _folder_parts(config: ModelConfig, dtype: torch.dtype) -> tuple[nn.Module | 
                                               "multi_modal_projector.linear_1.weight"))
     d_clip = int(projector_in[1]) if config.vision_features and projector_in else int(vision["hidden_size"])
     if not config.vision_features:
-        if config.vision_tower:
-            vfolder = Path(config.vision_tower)
-            vcfg_raw = _read_config(vfolder)
-            vision = dict(vcfg_raw.get("vision_config", vcfg_raw))
-            drop_last = True
-        vision.pop("model_type", None)
-        vcfg = SiglipVisionConfig(**{**vision, "vision_use_head": False})
-        with _default_dtype(dtype):
-            tower = SiglipVisionModel(vcfg)
-        if drop_last:
-            _drop_last_vision_layer(tower)
-        d_clip = vcfg.hidden_size
+        tower = _build_tower(config, vision, drop_last, dtype)
+        d_clip = tower.config.hidden_size
     return tower, lm, d_clip, layout
+
+
+def _build_tower(config: ModelConfig, vision: dict[str, Any], drop_last: bool, dtype: torch.dtype) -> nn.Module:
+    """The SigLIP tower (weights not loaded) of the base's ``vision`` config, or of ``config.vision_tower``'s folder
+    when set; LLaVA's last layer dropped where ``drop_last`` (always for a separate tower folder)."""
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    if config.vision_tower:
+        vcfg_raw = _read_config(Path(config.vision_tower))
+        vision, drop_last = dict(vcfg_raw.get("vision_config", vcfg_raw)), True
+    vision = {k: v for k, v in vision.items() if k != "model_type"}
+    with _default_dtype(dtype):
+        tower = SiglipVisionModel(SiglipVisionConfig(**{**vision, "vision_use_head": False}))
+    if drop_last:
+        _drop_last_vision_layer(tower)
+    return tower
+
+
+def folder_tower(config: ModelConfig, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Iterable[Path],
+                                                                                   tuple[tuple[str, str], ...]]:
+    """The vision tower of a LLaVA-Video or LLaVA-OneVision folder alone, without its language model: the tower
+    (weights not loaded), the weight files and the key map of the tower's keys (for :func:`load_base_weights` on a
+    module whose tower is its ``vision_tower``). A bare Qwen2 folder has no tower: InputError."""
+    folder = Path(config.base)
+    layout = detect_layout(folder)
+    if layout == "qwen2" and not config.vision_tower:
+        raise InputError(folder, "a bare Qwen2 folder has no vision tower: give a SigLIP, LLaVA-Video or "
+                                 "LLaVA-OneVision folder")
+    cfg = _read_config(folder)
+    if layout == "llava_onevision":
+        vision, drop_last = dict(cfg["vision_config"]), False
+    else:
+        vision, drop_last = dict(SIGLIP_SO400M), True
+    tower = _build_tower(config, vision, drop_last, dtype)
+    if config.vision_tower:
+        return tower, sorted(Path(config.vision_tower).glob("*.safetensors")), SIGLIP_FOLDER_KEY_MAP
+    key_map = LLAVA_VIDEO_KEY_MAP if layout == "llava_video" else HF_ONEVISION_KEY_MAP
+    return tower, sorted(folder.glob("*.safetensors")), tuple((src, dst) for src, dst in key_map
+                                                              if dst.startswith("vision_tower."))
 
 
 def _checkpoint_shape(folder: Path, keys: Iterable[str]) -> list[int] | None:
@@ -537,8 +569,7 @@ def build_model(config: ModelConfig, *, dtype: torch.dtype = torch.float32, lora
             allowed_missing |= {k for k in report["missing"] if not k.startswith("lm.")}
         if config.vision_tower and tower is not None:
             vfiles = sorted(Path(config.vision_tower).glob("*.safetensors"))
-            vreport = load_base_weights(model, vfiles, (("vision_model.", "vision_tower.vision_model."),
-                                                         ("", "vision_tower.")))
+            vreport = load_base_weights(model, vfiles, SIGLIP_FOLDER_KEY_MAP)
             allowed_missing |= {k for k in report["missing"] if k.startswith("vision_tower.")}
             bad = [k for k in vreport["missing"] if k.startswith("vision_tower.")]
             if bad:

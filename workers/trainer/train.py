@@ -81,6 +81,12 @@ class TrainConfig:
             raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
         if not 0 <= self.warmup_ratio < 1 or self.lr <= 0 or self.grad_clip <= 0:
             raise ValueError("need 0 <= warmup_ratio < 1, lr > 0 and grad_clip > 0")
+        for name in ("steps", "steps_this_run"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 = {'by --epochs' if name == 'steps' else 'to the end'}), "
+                                 f"got {getattr(self, name)}")
+        if not self.epochs > 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -242,12 +248,17 @@ def _device(distributed: bool) -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+# The batch's visual inputs, cast to the compute dtype; other tensors (the patch points: metres, where bf16 would
+# round a 5 m coordinate to 3 cm) keep theirs.
+COMPUTE_DTYPE_INPUTS = ("geometry_tokens", "pixel_values", "vision_features")
+
+
 def _to_device(batch: Mapping[str, Any], device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     out = {}
     for k, v in batch.items():
         if isinstance(v, torch.Tensor):
             v = v.to(device, non_blocking=True)
-            out[k] = v.to(dtype) if v.is_floating_point() else v
+            out[k] = v.to(dtype) if k in COMPUTE_DTYPE_INPUTS and v.is_floating_point() else v
         else:
             out[k] = v
     return out
