@@ -37,7 +37,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.core.atomic import write_json, write_text  # noqa: E402
+from results_io import write_results  # noqa: E402
 from workers.cut3r import Cut3rEncoder, full_config, random_model, tiny_config  # noqa: E402
 from workers.cut3r.checkpoint import meta_model  # noqa: E402
 
@@ -90,8 +90,7 @@ class Bench:
                 row["speedup_vs_reference"] = round(row["frames_per_s"] / ref, 2)
         summarise(self.results)
         out = Path(self.args.out)
-        write_json(out.with_suffix(".json"), self.results)
-        write_text(out.with_suffix(".md"), render_markdown(self.results))
+        write_results(out, self.results, render_markdown)
         shown = {k: v for k, v in result.items() if k not in ("traceback", "workers")}
         print(f"[{self.elapsed():6.1f}s] {name}: {shown}", flush=True)
 
@@ -348,9 +347,7 @@ def main(argv: list[str] | None = None) -> int:
             if name.startswith("compile"):
                 Cut3rEncoder(model, device=bench.device, precision=args.precision)  # back to the eager model
     bench.results["total_s"] = round(bench.elapsed(), 1)
-    write_json(Path(args.out).with_suffix(".json"), bench.results)
-    write_text(Path(args.out).with_suffix(".md"), render_markdown(bench.results))
-    print(render_markdown(bench.results), flush=True)
+    print(write_results(args.out, bench.results, render_markdown), flush=True)
     return 0
 
 

@@ -23,7 +23,8 @@ sys.path.insert(0, str(REPO))
 
 from demo_scenes import demo_root, demo_videos  # noqa: E402
 
-from pipeline.core.atomic import atomic_open, write_json, write_text  # noqa: E402
+from pipeline.core.atomic import atomic_open  # noqa: E402
+from results_io import write_results  # noqa: E402
 from workers.cut3r import Cut3rEncoder, full_config, random_model  # noqa: E402
 
 
@@ -81,9 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         with atomic_open(args.save_tokens, "wb") as fh:
             np.savez(fh, camera=ref["camera"], patch=ref["patch"], keys=np.array([key for key, _ in videos]))
     out = Path(args.out)
-    write_json(out.with_suffix(".json"), results)
-    write_text(out.with_suffix(".md"), render_markdown(results))
-    print(render_markdown(results))
+    print(write_results(out, results, render_markdown))
     return 0
 
 

@@ -25,7 +25,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.core.atomic import write_json, write_text  # noqa: E402
+from results_io import write_results  # noqa: E402
 from pipeline.core.layout import DatasetRoot, scene_key  # noqa: E402
 from pipeline.core.shards import ShardWriter, write_index  # noqa: E402
 from pipeline.core.tokens import TokenSample, encode_tokens, iter_samples, write_sample  # noqa: E402
@@ -140,9 +140,7 @@ def main() -> int:
         f"| one question at a time (frames + whole prompt each time) | {alone_s:.2f} | "
         f"{results['one_by_one_questions_per_s']:.2f} |", "",
         f"Grouped / one by one: {results['speedup']:.2f}x questions/s; same answers: {same}.", ""])
-    write_json(args.out.with_suffix(".json"), results)
-    write_text(args.out.with_suffix(".md"), md)
-    print(md)
+    print(write_results(args.out, results, lambda _: md))
     return 0
 
 

@@ -31,7 +31,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.core.atomic import write_json, write_text  # noqa: E402
+from results_io import write_results  # noqa: E402
 from pipeline.core.shards import ShardWriter, write_index  # noqa: E402
 from pipeline.core.tokens import TokenSample, iter_samples, token_codec, write_sample  # noqa: E402
 from workers.trainer.fusion import FusionBlock  # noqa: E402
@@ -167,9 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         "codecs": rows,
     }
     out = Path(args.out)
-    write_json(out.with_suffix(".json"), results)
-    write_text(out.with_suffix(".md"), render_markdown(results))
-    print(render_markdown(results))
+    print(write_results(out, results, render_markdown))
     return 0
 
 

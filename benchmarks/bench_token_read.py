@@ -25,7 +25,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.core.atomic import write_json, write_text  # noqa: E402
+from results_io import write_results  # noqa: E402
 from pipeline.core.shards import ShardWriter, shard_paths, write_index  # noqa: E402
 from pipeline.core.tokens import (DECODE_THREADS_ENV, TokenSample, available_cpus, decode_threads,  # noqa: E402
                                   iter_samples, token_codec, write_sample)
@@ -161,9 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         "codecs": rows,
     }
     out = Path(args.out)
-    write_json(out.with_suffix(".json"), results)
-    write_text(out.with_suffix(".md"), render_markdown(results))
-    print(render_markdown(results))
+    print(write_results(out, results, render_markdown))
     return 0
 
 

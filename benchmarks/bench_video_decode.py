@@ -36,7 +36,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.core.atomic import write_json, write_text  # noqa: E402
+from results_io import write_results  # noqa: E402
 from pipeline.core.frames import _decode_sequential, _decode_video_av, _stored_rotation, decode_colors  # noqa: E402
 from pipeline.core.scene import uniform_ranks  # noqa: E402
 from pipeline.sources.video import probe_video, video_frames_table  # noqa: E402
@@ -159,9 +159,7 @@ def main() -> int:
         print({k: round(v, 1) for k, v in r["frames_per_s"].items()}, path, file=sys.stderr)
         results["videos"].append(r)
     results["load"] = [round(load_start, 2), round(os.getloadavg()[0], 2)]
-    write_json(args.out.with_suffix(".json"), results)
-    write_text(args.out.with_suffix(".md"), render_markdown(results))
-    print(render_markdown(results))
+    print(write_results(args.out, results, render_markdown))
     return 0
 
 

@@ -321,49 +321,45 @@ def _visible_fraction(visible: np.ndarray, projected: np.ndarray) -> np.ndarray:
     return visible / np.maximum(np.maximum(projected, visible), 1)
 
 
-def _frame_visibility(rank, frame: _FramePixels, n_objects, image_k, width, height, config):
-    """Visibility rows of one frame as a dict of columns, or None when no object is visible."""
-    return _rows_from_pixels(rank, frame.owner, frame.pixels, frame.grid_wh[0], n_objects, frame.projected,
-                             frame.grid_k, image_k, width, height, frame.source, config)
-
-
-def _frame_regions(rank, frame: _FramePixels, geo, world_to_camera, n_objects, image_k, image_wh, config,
-                   region_config):
-    """Region rows of one frame (scene_graph.regions), from the same visible pixels as its visibility rows."""
-    visible = np.bincount(frame.owner, minlength=n_objects)
+def _frame_visibility(rank, frame: _FramePixels, visible, image_k, width, height, config):
+    """Visibility rows of one frame as a dict of columns, or None when no object is visible; ``visible``: the
+    frame's visible pixels per object (``np.bincount(frame.owner)``)."""
+    n_objects = len(visible)
     rows = np.flatnonzero(visible >= config.min_visible_pixels)
     if len(rows) == 0:
         return None
-    rot, trans = world_to_camera[:3, :3], world_to_camera[:3, 3]
-    wanted = np.zeros(n_objects, bool)
-    wanted[rows] = True                       # only the visible objects' surfaces are projected
-    tri, pts = wanted[geo.tri_owner], wanted[geo.point_owner]
-    truncated = regions.truncated_objects(
-        np.concatenate([geo.triangles[tri].reshape(-1, 3), geo.points[pts]]) @ rot.T + trans,
-        np.concatenate([np.repeat(geo.tri_owner[tri], 3), geo.point_owner[pts]]), n_objects, image_k, image_wh,
-        config.near_m)
-    keep = (visible >= config.min_visible_pixels)[frame.owner]   # the pixels of the objects in rows
-    return regions.frame_region_rows(rank, frame.owner[keep], frame.pixels[keep], frame.grid_wh, frame.grid_k,
-                                     image_k, image_wh, _visible_fraction(visible, frame.projected), truncated,
-                                     frame.source, region_config)
-
-
-def _rows_from_pixels(rank, owner, pix, grid_w, n_objects, projected, grid_k, image_k, width, height, source, config):
-    visible = np.bincount(owner, minlength=n_objects)
-    rows = np.flatnonzero(visible >= config.min_visible_pixels)
-    if len(rows) == 0:
-        return None
-    col, row = pix % grid_w, pix // grid_w
+    owner, grid_w = frame.owner, frame.grid_wh[0]
+    col, row = frame.pixels % grid_w, frame.pixels // grid_w
     big = np.iinfo(np.int64).max
     xmin = np.full(n_objects, big); ymin = np.full(n_objects, big)
     xmax = np.full(n_objects, -1); ymax = np.full(n_objects, -1)
     np.minimum.at(xmin, owner, col); np.minimum.at(ymin, owner, row)
     np.maximum.at(xmax, owner, col); np.maximum.at(ymax, owner, row)
-    bbox = _bbox_to_image(xmin[rows], ymin[rows], xmax[rows], ymax[rows], grid_k, image_k, width, height)
+    bbox = _bbox_to_image(xmin[rows], ymin[rows], xmax[rows], ymax[rows], frame.grid_k, image_k, width, height)
     v = visible[rows]
-    fraction = _visible_fraction(v, projected[rows])
+    fraction = _visible_fraction(v, frame.projected[rows])
     return {"rank": np.full(len(rows), rank, np.int32), "object_row": rows, "bbox_2d": bbox,
-            "visible_pixels": v.astype(np.int64), "visible_fraction": fraction, "source": [source] * len(rows)}
+            "visible_pixels": v.astype(np.int64), "visible_fraction": fraction,
+            "source": [frame.source] * len(rows)}
+
+
+def _frame_regions(rank, frame: _FramePixels, visible, geo, world_to_camera, image_k, image_wh, config,
+                   region_config):
+    """Region rows of one frame (scene_graph.regions), from the same visible pixels as its visibility rows."""
+    n_objects = len(visible)
+    seen = visible >= config.min_visible_pixels
+    if not seen.any():
+        return None
+    rot, trans = world_to_camera[:3, :3], world_to_camera[:3, 3]
+    tri, pts = seen[geo.tri_owner], seen[geo.point_owner]   # only the visible objects' surfaces are projected
+    truncated = regions.truncated_objects(
+        np.concatenate([geo.triangles[tri].reshape(-1, 3), geo.points[pts]]) @ rot.T + trans,
+        np.concatenate([np.repeat(geo.tri_owner[tri], 3), geo.point_owner[pts]]), n_objects, image_k, image_wh,
+        config.near_m)
+    keep = seen[frame.owner]                   # the pixels of the visible objects
+    return regions.frame_region_rows(rank, frame.owner[keep], frame.pixels[keep], frame.grid_wh, frame.grid_k,
+                                     image_k, image_wh, _visible_fraction(visible, frame.projected), truncated,
+                                     frame.source, region_config)
 
 
 def _camera_k(row: dict[str, Any], prefix: str = "") -> tuple[float, float, float, float] | None:
@@ -412,11 +408,12 @@ def visibility_and_regions(scene: CanonicalScene, objects: pa.Table, frames: pa.
         world_to_camera = np.linalg.inv(c2w)
         image_wh = (int(r["width"]), int(r["height"]))
         frame = _frame_pixels(scene, geo, ids, world_to_camera, image_k, image_wh, depth_k, depth, mask, config)
-        part = _frame_visibility(rank, frame, len(ids), image_k, image_wh[0], image_wh[1], config)
+        visible = np.bincount(frame.owner, minlength=len(ids))
+        part = _frame_visibility(rank, frame, visible, image_k, image_wh[0], image_wh[1], config)
         if part is not None:
             parts.append(part)
         if region_config is not None:
-            region_part = _frame_regions(rank, frame, geo, world_to_camera, len(ids), image_k, image_wh, config,
+            region_part = _frame_regions(rank, frame, visible, geo, world_to_camera, image_k, image_wh, config,
                                          region_config)
             if region_part is not None:
                 region_parts.append(region_part)

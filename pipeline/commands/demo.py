@@ -6,6 +6,8 @@ import shutil
 import time
 from pathlib import Path
 
+from pipeline.commands.run import print_summary, run_step
+
 HELP = "run every stage end to end on generated scenes (all three raw formats, small random CUT3R, CPU)"
 
 WRITERS = {
@@ -24,15 +26,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep", action="store_true", help="keep an existing --out (resume) instead of starting clean")
 
 
-def _step(title: str, argv: list[str]) -> tuple[str, int, float]:
-    from pipeline.cli import main
-
-    print(f"\n== {title}: vlm3r-data {' '.join(argv)}", flush=True)
-    t0 = time.perf_counter()
-    status = main(argv)
-    return title, status, time.perf_counter() - t0
-
-
 def _video_path(out: Path, scenes: list, root: Path, mode: list[str]) -> list[tuple[str, int, float]]:
     """The benchmarks' own path: plain videos (the validation scene as VSI-Bench ships it, plus a sideways phone clip)
     into a root of their own, tokens, the published question file answered by the adapter just trained, and scored."""
@@ -49,13 +42,13 @@ def _video_path(out: Path, scenes: list, root: Path, mode: list[str]) -> list[tu
     question_file = write_benchmark_questions(questions, out / "questions" / "vsibench_val.jsonl")
     predictions, scores = out / "predictions" / "vsibench_val.jsonl", out / "predictions" / "vsibench_val_scores.json"
     return [
-        _step("ingest video", ["ingest", "--dataset", "video", "--raw", str(videos), "--out", str(video_root), *mode]),
+        run_step("ingest video", ["ingest", "--dataset", "video", "--raw", str(videos), "--out", str(video_root), *mode]),
         # No depth or poses in a plain video: the points (and per-frame poses, marked estimated) come from CUT3R.
-        _step("extract video", ["extract", "--root", str(video_root), "--random-tiny", "--with-frames",
+        run_step("extract video", ["extract", "--root", str(video_root), "--random-tiny", "--with-frames",
                                 "--points", "cut3r", *mode]),
-        _step("predict video", ["predict", "--root", str(video_root), "--questions", str(question_file),
+        run_step("predict video", ["predict", "--root", str(video_root), "--questions", str(question_file),
                                 "--adapter", str(root / "train"), "--out", str(predictions)]),
-        _step("eval video", ["eval", "--questions", str(question_file), "--predictions", str(predictions),
+        run_step("eval video", ["eval", "--questions", str(question_file), "--predictions", str(predictions),
                              "--out", str(scores)]),
     ]
 
@@ -84,37 +77,34 @@ def run(args: argparse.Namespace) -> int:
     mode = ["--local"] if args.local else ["--workers", "2"]
     results = []
     for dataset in WRITERS:
-        results.append(_step(f"ingest {dataset}", ["ingest", "--dataset", dataset, "--raw", str(raw / dataset),
+        results.append(run_step(f"ingest {dataset}", ["ingest", "--dataset", dataset, "--raw", str(raw / dataset),
                                                     "--out", str(root), *mode]))
     if "extract" in have:
-        results.append(_step("extract", ["extract", "--root", str(root), "--random-tiny", "--with-frames",
+        results.append(run_step("extract", ["extract", "--root", str(root), "--random-tiny", "--with-frames",
                                          "--points", "depth", *mode]))
     if "graph" in have:
-        results.append(_step("graph", ["graph", "--root", str(root), *mode]))
+        results.append(run_step("graph", ["graph", "--root", str(root), *mode]))
     if "routes" in have:
-        results.append(_step("routes", ["routes", "--root", str(root), *mode]))
+        results.append(run_step("routes", ["routes", "--root", str(root), *mode]))
     if "qa" in have:
-        results.append(_step("qa", ["qa", "--root", str(root), "--seed", str(args.seed), *mode]))
+        results.append(run_step("qa", ["qa", "--root", str(root), "--seed", str(args.seed), *mode]))
 
     if "pack" in have:
-        results.append(_step("pack", ["pack", "--root", str(root)]))
+        results.append(run_step("pack", ["pack", "--root", str(root)]))
     if "train" in have:
         # The tiny random model learns only with a much larger step size than the 7B recipe's 2e-5.
-        results.append(_step("train", ["train", "--root", str(root), "--tiny", "--steps", str(args.train_steps),
+        results.append(run_step("train", ["train", "--root", str(root), "--tiny", "--steps", str(args.train_steps),
                                        "--grad-accum", "1", "--lr", "2e-3", "--seed", str(args.seed), "--predict"]))
     if "eval" in have and (root / "train" / "predictions").is_dir():
-        results.append(_step("eval", ["eval", "--root", str(root)]))
+        results.append(run_step("eval", ["eval", "--root", str(root)]))
     if {"predict", "eval"} <= have and (root / "train" / "checkpoints").is_dir():
         results += _video_path(out, scenes, root, mode)
     if "stats" in have:
-        results.append(_step("stats", ["stats", "--root", str(root)]))
+        results.append(run_step("stats", ["stats", "--root", str(root)]))
     if "status" in have:
-        results.append(_step("status", ["status", "--root", str(root)]))
+        results.append(run_step("status", ["status", "--root", str(root)]))
 
-    print("\n== summary")
-    width = max(len(r[0]) for r in results)
-    for title, status, seconds in results:
-        print(f"  {title:<{width}}  {'ok' if status == 0 else f'FAILED ({status})':<12} {seconds:6.1f}s")
+    print_summary(results)
     print(f"  total {time.perf_counter() - t0:.1f}s; dataset root: {root.resolve()}")
     scores = sorted((root / "eval").glob("*.json")) if (root / "eval").is_dir() else []
     scores += sorted((out / "predictions").glob("*_scores.json")) if (out / "predictions").is_dir() else []

@@ -5,7 +5,6 @@ import argparse
 import importlib
 import sys
 import time
-from typing import Any
 
 from pipeline.config import STAGE_ORDER, ConfigError, PipelineConfig, load_config, stage_flags
 
@@ -63,7 +62,7 @@ def plan(config: PipelineConfig, available: list[str], only: list[str] | None = 
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.cli import available_commands, main
+    from pipeline.cli import available_commands
 
     try:
         config = load_config(args.config, args.overrides)
@@ -79,27 +78,39 @@ def run(args: argparse.Namespace) -> int:
     if not steps:
         print("nothing to run: every stage is skipped or unavailable", file=sys.stderr)
         return 2
-    results: list[tuple[str, Any, float]] = []
+    if args.dry_run:
+        for title, argv in steps:
+            print(f"\n== {title}: vlm3r-data {' '.join(argv)}", flush=True)
+        return 0
+    results: list[tuple[str, int, float]] = []
     for title, argv in steps:
-        print(f"\n== {title}: vlm3r-data {' '.join(argv)}", flush=True)
-        if args.dry_run:
-            continue
-        t0 = time.perf_counter()
-        try:
-            status = main(argv)
-        except SystemExit as exc:  # argparse rejected a stage option from the config
-            status = exc.code if isinstance(exc.code, int) else 2
-        results.append((title, status, time.perf_counter() - t0))
-        if status == 2:
+        results.append(run_step(title, argv))
+        if results[-1][1] == 2:
             print(f"error: stage {title!r} refused its configuration; stopping", file=sys.stderr)
             break
-    if args.dry_run:
-        return 0
-    print("\n== summary")
-    width = max(len(t) for t, _, _ in results)
-    for title, status, seconds in results:
-        print(f"  {title:<{width}}  {'ok' if status == 0 else f'FAILED ({status})':<12} {seconds:7.1f}s")
+    print_summary(results)
     print(f"  dataset root: {config.root}  (vlm3r-data status --root {config.root})")
     if any(s == 2 for _, s, _ in results):
         return 2
     return 0 if all(s == 0 for _, s, _ in results) else 1
+
+
+def run_step(title: str, argv: list[str]) -> tuple[str, int, float]:
+    """One command of a sequence, announced: (title, exit status, seconds). An option argparse rejects (exit 2)
+    is a status, not an exit of the whole sequence."""
+    from pipeline.cli import main
+
+    print(f"\n== {title}: vlm3r-data {' '.join(argv)}", flush=True)
+    t0 = time.perf_counter()
+    try:
+        status = main(argv)
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else 2
+    return title, status, time.perf_counter() - t0
+
+
+def print_summary(results: list[tuple[str, int, float]]) -> None:
+    print("\n== summary")
+    width = max(len(t) for t, _, _ in results)
+    for title, status, seconds in results:
+        print(f"  {title:<{width}}  {'ok' if status == 0 else f'FAILED ({status})':<12} {seconds:7.1f}s")

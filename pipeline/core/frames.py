@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import os
 import struct
 import zlib
 from collections import defaultdict
@@ -26,12 +27,14 @@ from pipeline.core.depth_bin import KIND_DEFLATE, KIND_RECORD, read_depth_frame
 from pipeline.core.errors import InputError
 
 
-def _read_range(path: str, offset: int, length: int) -> bytes:
+def read_range(path: str | os.PathLike, offset: int, length: int, what: str = "") -> bytes:
+    """``length`` bytes of a file at ``offset``; InputError naming the file (a ``what`` file) when it ends first."""
     with open(path, "rb") as fh:
         fh.seek(offset)
         data = fh.read(length)
     if len(data) != length:
-        raise InputError(path, f"truncated: wanted {length} bytes at offset {offset}, got {len(data)}")
+        raise InputError(path, f"truncated{' ' + what if what else ''}: wanted {length} bytes at offset {offset}, "
+                               f"got {len(data)}")
     return data
 
 
@@ -242,7 +245,7 @@ def decode_colors(frames: pa.Table) -> list[np.ndarray]:
         if r["color_kind"] == "video":
             videos[r["color_path"]].append(i)
         elif r["color_kind"] == "sens_jpeg":
-            out[i] = decode_image_bytes(_read_range(r["color_path"], r["color_offset"], r["color_length"]),
+            out[i] = decode_image_bytes(read_range(r["color_path"], r["color_offset"], r["color_length"]),
                                         r["color_path"], f"JPEG at byte {r['color_offset']}")
         elif r["color_kind"] == "image":
             if not Path(r["color_path"]).exists():
@@ -269,7 +272,7 @@ def decode_depths(frames: pa.Table) -> list[np.ndarray | None]:
             out.append(None)
             continue
         if kind == "sens_zlib_u16":
-            raw = zlib.decompress(_read_range(path, r["depth_offset"], r["depth_length"]))
+            raw = zlib.decompress(read_range(path, r["depth_offset"], r["depth_length"]))
             depth = np.frombuffer(raw, "<u2").reshape(h, w).astype(np.float32) * r["depth_scale"]
         elif kind == "png_u16":
             img = cv2.imread(path, cv2.IMREAD_UNCHANGED)

@@ -140,21 +140,30 @@ def to_float(text: Any) -> float | None:
 
 # ---- files -------------------------------------------------------------------------------------------------------
 
-def read_jsonl(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """Objects of a JSON-lines file and the problems of the lines that are not JSON objects ("path:line: ...")."""
-    rows, problems = [], []
+def _json_lines(path: str | Path) -> Iterator[tuple[int, Any, str | None]]:
+    """(line number, value, None) for each non-blank line of a JSON-lines file, or (line number, None, problem)
+    where the line is not JSON."""
     with open(path, encoding="utf-8") as fh:
         for number, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                value = json.loads(line)
             except json.JSONDecodeError as exc:
-                problems.append(f"{path}:{number}: not valid JSON ({exc.msg})")
+                yield number, None, f"{path}:{number}: not valid JSON ({exc.msg})"
                 continue
-            if not isinstance(obj, dict):
-                problems.append(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
-                continue
+            yield number, value, None
+
+
+def read_jsonl(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Objects of a JSON-lines file and the problems of the lines that are not JSON objects ("path:line: ...")."""
+    rows, problems = [], []
+    for number, obj, problem in _json_lines(path):
+        if problem is None and not isinstance(obj, dict):
+            problem = f"{path}:{number}: expected a JSON object, got {type(obj).__name__}"
+        if problem is not None:
+            problems.append(problem)
+        else:
             rows.append(obj)
     return rows, problems
 
@@ -337,23 +346,18 @@ def load_predictions(path: str | Path) -> Predictions:
     if not path.is_file():
         raise InputError(path, "prediction file not found")
     out = Predictions(str(path))
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                out.malformed.append(f"{path}:{number}: not valid JSON ({exc.msg})")
-                continue
-            if not isinstance(row, dict) or "id" not in row or not isinstance(row.get("prediction"), str):
-                out.malformed.append(f"{path}:{number}: needs an 'id' and a string 'prediction'")
-                continue
-            key = id_key(row["id"])
-            if key in out.by_id:
-                out.duplicates.append(key)
-                continue
-            out.by_id[key] = row["prediction"]
+    for number, row, problem in _json_lines(path):
+        if problem is None and (not isinstance(row, dict) or "id" not in row
+                                or not isinstance(row.get("prediction"), str)):
+            problem = f"{path}:{number}: needs an 'id' and a string 'prediction'"
+        if problem is not None:
+            out.malformed.append(problem)
+            continue
+        key = id_key(row["id"])
+        if key in out.by_id:
+            out.duplicates.append(key)
+            continue
+        out.by_id[key] = row["prediction"]
     return out
 
 

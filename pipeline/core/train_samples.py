@@ -104,21 +104,21 @@ def scene_frames(root: DatasetRoot, sample: TokenSample) -> tuple[dict[str, Any]
     """Timing of the sample's frames from the ingested scene, and its frames decoded from the raw source when the
     token shard carries no JPEGs (None otherwise)."""
     from pipeline.core.frames import decode_colors
-    from pipeline.core.scene import is_complete, manifest_frames, read_manifest, read_scene
-    from pipeline.core.schemas import column_as_array
+    from pipeline.core.scene import is_complete, manifest_frames, read_manifest
+    from pipeline.core.schemas import FRAMES_SCHEMA, column_as_array, read_table
 
     dataset, scene_id = sample.meta["dataset"], sample.meta["scene_id"]
     scene_dir = root.scene_dir(dataset, scene_id)
     if not is_complete(scene_dir):
         raise InputError(scene_dir, f"completely ingested scene for token sample {sample.key} not found")
-    scene = read_scene(scene_dir, with_mesh=False)
+    frames = read_table(scene_dir / "frames.parquet", FRAMES_SCHEMA)
     manifest = read_manifest(scene_dir)
     wanted = [int(row["frame_index"]) for row in sample.frames]
     if [int(i) for i in column_as_array(manifest, "frame_index")] != wanted:
         raise PackError(scene_dir / "manifest.parquet", f"frame manifest differs from the token shard's frames "
                                                         f"of {sample.key} (stale tokens: re-run extract)")
-    chosen = manifest_frames(scene.frames, manifest)
-    timing = video_timing(column_as_array(scene.frames, "timestamp"), column_as_array(chosen, "timestamp"))
+    chosen = manifest_frames(frames, manifest)
+    timing = video_timing(column_as_array(frames, "timestamp"), column_as_array(chosen, "timestamp"))
     return timing, (None if sample.jpegs is not None else decode_colors(chosen))
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from pipeline.core.atomic import atomic_open
 from pipeline.core.errors import InputError
+from pipeline.core.frames import read_range
 
 SENS_VERSION = 4
 COLOR_COMPRESSION = {-1: "unknown", 0: "raw", 1: "png", 2: "jpeg"}
@@ -182,12 +183,7 @@ def read_sens_index(path: str | os.PathLike) -> tuple[SensHeader, SensIndex]:
 
 
 def read_frame_bytes(path: str | os.PathLike, offset: int, length: int) -> bytes:
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        data = fh.read(length)
-    if len(data) != length:
-        raise InputError(path, f"truncated .sens: wanted {length} bytes at offset {offset}, got {len(data)}")
-    return data
+    return read_range(path, offset, length, ".sens")
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:

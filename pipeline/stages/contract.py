@@ -273,6 +273,33 @@ class ShardLedger(Ledger):
         raise RuntimeError("a sample cannot leave a complete shard: remove the whole shard (ShardStage.prepare)")
 
 
+class OpenShard:
+    """The outcomes of units whose samples sit in the open shard of ``writer``: a unit is done only once the shard
+    holding its sample is complete (its marker lives in the shard's marker)."""
+
+    def __init__(self, writer: Any):
+        self.writer = writer
+        self.completed = len(writer.records)
+        self.pending: list[tuple[str, Outcome]] = []
+
+    def write(self, key: str, members: list[tuple[str, bytes]], outcome: Outcome) -> list[Outcome]:
+        """Write a done unit's sample; returns the outcomes of the shard this write completed (usually none)."""
+        assert outcome.marker is not None
+        self.writer.write_members(key, members, outcome.marker.to_json())
+        self.pending.append((key, outcome))
+        if len(self.writer.records) == self.completed:
+            return []
+        self.completed = len(self.writer.records)
+        finished = set(self.writer.records[-1].keys)
+        done = [o for k, o in self.pending if k in finished]
+        self.pending = [(k, o) for k, o in self.pending if k not in finished]
+        return done
+
+    def held(self) -> list[Outcome]:
+        """The outcomes still waiting for their shard (all done once the writer has closed it)."""
+        return [o for _, o in self.pending]
+
+
 class ShardStage(Stage):
     """A stage whose units write samples into a shard set (``shards_dir``), in ``order``; their markers live in the
     shards' markers (:class:`ShardLedger`)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from pipeline.core.layout import DATASETS, DatasetRoot, scene_key
-from pipeline.stages.contract import Context, Outcome, ShardStage, StageRefused, Unit, Work
+from pipeline.stages.contract import Context, OpenShard, Outcome, ShardStage, StageRefused, Unit, Work
 from pipeline.stages.ingest import iter_scene_units
 
 DEFAULT_SHARD_BYTES = 1_000_000_000
@@ -109,10 +109,9 @@ class ExtractStage(ShardStage):
         frames, t0 = 0, time.perf_counter()
         bar = tqdm(total=len(work), desc="extract", unit=" scenes", disable=not ctx.options.progress or not work,
                    dynamic_ncols=True)
-        pending: list[Outcome] = []           # written to the open shard: done once the shard is complete
+        open_shard = OpenShard(writer)
         try:
             with writer:
-                shards_before = len(writer.records)
                 for job, sample, error in iter_extracted([w.unit.job for w in work],
                                                          run.encoder_factory or run.model.build_encoder,
                                                          run.options, identity, run.scheduling):
@@ -124,19 +123,13 @@ class ExtractStage(ShardStage):
                         continue
                     members = sample_members(sample)
                     marker = item.marker(self, ctx, sample_digest(members), sample_marker_stats(sample))
-                    writer.write_members(sample.key, members, marker.to_json())
-                    pending.append(Outcome(item.unit, marker=marker))
                     frames += sample.num_frames
                     bar.set_postfix_str(f"{frames / max(time.perf_counter() - t0, 1e-9):.1f} frames/s")
-                    if len(writer.records) > shards_before:       # a shard was completed: its samples are done
-                        shards_before = len(writer.records)
-                        finished = set(writer.records[-1].keys)
-                        yield from (o for o in pending if o.unit.job.key in finished)
-                        pending = [o for o in pending if o.unit.job.key not in finished]
-            yield from pending                                    # the last shard was completed by close()
+                    yield from open_shard.write(sample.key, members, Outcome(item.unit, marker=marker))
+            yield from open_shard.held()                          # the last shard was completed by close()
         except ExtractionAborted as exc:
             ctx.extra["aborted"] = str(exc)          # said once, in the summary (stages.run.extract)
-            for o in pending:    # the open shard was dropped: these units are not done
+            for o in open_shard.held():    # the open shard was dropped: these units are not done
                 yield Outcome(o.unit, errors=[ErrorRow(self.name, o.unit.dataset, o.unit.scene_id,
                                                        "ExtractionAborted", str(exc), "")])
         finally:

@@ -24,7 +24,8 @@ from pipeline.core.layout import BENCHMARK_SPLITS, QA_COUNTS, DatasetRoot, scene
 from pipeline.core.markers import ref
 from pipeline.core.qa_records import iter_records
 from pipeline.core.train_samples import PackError, pack_members, scene_frames, shard_qa_counts
-from pipeline.stages.contract import Context, Outcome, ShardStage, StageRefused, Unit, Work, config_dict
+from pipeline.stages.contract import (Context, OpenShard, Outcome, ShardStage, StageRefused, Unit, Work,
+                                      config_dict)
 
 DEFAULT_MAX_SHARD_BYTES = 1 << 30
 
@@ -133,12 +134,11 @@ class PackStage(ShardStage):
         state = recover_shards(self.shards_dir(ctx.root))
         bar = tqdm(total=len(work), desc="pack", unit=" scenes", disable=not ctx.options.progress,
                    dynamic_ncols=True)
-        pending: list[Outcome] = []
         try:
             with ShardWriter(self.shards_dir(ctx.root), max_shard_bytes=ctx.extra.get("max_shard_bytes",
                                                                                       DEFAULT_MAX_SHARD_BYTES),
                              first_index=state.next_index) as writer:
-                completed = len(writer.records)
+                open_shard = OpenShard(writer)
                 for sample in iter_samples(ctx.root.tokens_dir, verify_sha256=ctx.extra.get("verify_sha256", True)):
                     item = by_key.get(sample.key)
                     if item is None:
@@ -152,14 +152,8 @@ class PackStage(ShardStage):
                         continue
                     marker = item.marker(self, ctx, sample_digest(members), {"key": sample.key,
                                                                              "questions": len(qa.train[sample.key])})
-                    writer.write_members(sample.key, members, marker.to_json())
-                    pending.append(Outcome(item.unit, marker=marker))
-                    if len(writer.records) > completed:
-                        completed = len(writer.records)
-                        finished = set(writer.records[-1].keys)
-                        yield from (o for o in pending if o.unit.job["key"] in finished)
-                        pending = [o for o in pending if o.unit.job["key"] not in finished]
-            yield from pending
+                    yield from open_shard.write(sample.key, members, Outcome(item.unit, marker=marker))
+            yield from open_shard.held()                          # the last shard was completed by close()
         finally:
             bar.close()
 

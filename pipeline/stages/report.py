@@ -217,12 +217,13 @@ def collect(ledgers: Ledgers) -> ReportData:
     """Read everything the report shows from the ledgers' root (read-only). Malformed inputs raise InputError
     naming the file."""
     root = ledgers.root
-    status = root_status(ledgers)
+    errors = load_errors(root)
+    status = root_status(ledgers, errors)
     qa, tasks = _collect_qa(root)
     token_records = complete_shards(root.tokens_dir)
     failures: Counter = Counter()
     examples: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for row in load_errors(root):
+    for row in errors:
         if not row.is_error:
             continue
         failures[(row.stage, row.error_type)] += 1

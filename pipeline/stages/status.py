@@ -141,11 +141,13 @@ def _details(name: str, root: DatasetRoot, ledgers: Ledgers, markers) -> dict[st
     return {}
 
 
-def root_status(ledgers: Ledgers) -> RootStatus:
-    """The status of every stage of the ledgers' root (``ledgers.registry``: the stages to report, in order)."""
+def root_status(ledgers: Ledgers, errors: list[ErrorRow] | None = None) -> RootStatus:
+    """The status of every stage of the ledgers' root (``ledgers.registry``: the stages to report, in order);
+    ``errors``: the root's error rows when the caller has read them already."""
     root = ledgers.root
     info = root.check()
-    errors = load_errors(root)
+    if errors is None:
+        errors = load_errors(root)
     rows = []
     for name, stage in ledgers.registry.items():
         markers = {u: m for u, m in ledgers.markers(name).items() if m.stage == name}

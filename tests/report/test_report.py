@@ -15,24 +15,9 @@ from PIL import Image
 from pipeline.cli import main
 from pipeline.stages.report_figures import PLOT_DPI
 from pipeline.core.tokens import read_shard
+from report_helpers import IMAGE_RE, section
 
-IMAGE_RE = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
 LINK_RE = re.compile(r"(?<!!)\[[^\]]*\]\(([^)]+)\)")
-
-
-@pytest.fixture(scope="module")
-def report(built_root, tmp_path_factory):
-    """A copy of the built root with its report written by the command; returns (root, report text)."""
-    root = built_root.copy(tmp_path_factory.mktemp("stats") / "root")
-    assert main(["stats", "--root", str(root)]) == 0
-    return root, (root / "report" / "report.md").read_text(encoding="utf-8")
-
-
-def section(text: str, heading: str) -> str:
-    """The body of a ``## heading`` section."""
-    match = re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## |\Z)", text, flags=re.S | re.M)
-    assert match, f"no section {heading!r}"
-    return match.group(1)
 
 
 def table(text: str) -> list[dict[str, str]]:

@@ -5,7 +5,6 @@ without region data, without frames or with a malformed record degrade as docume
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -21,23 +20,9 @@ from pipeline.stages import report_regions
 from pipeline.stages.report_regions import (MASK_ALPHA, PROMPT_PANELS, REGION_COLOURS, PromptPanel, draw_prompt,
                                             plot_region_prompts)
 from pipeline.stages.run import ledgers_of
+from report_helpers import IMAGE_RE, section
 
-IMAGE_RE = re.compile(r"!\[[^\]]*\]\(([^)]+)\)")
 REGION_PLOTS = ("region_covisibility.png", "region_mask_areas.png", "region_prompts.png")
-
-
-@pytest.fixture(scope="module")
-def report(built_root, tmp_path_factory):
-    root = built_root.copy(tmp_path_factory.mktemp("region_stats") / "root")
-    assert main(["stats", "--root", str(root)]) == 0
-    return root, (root / "report" / "report.md").read_text(encoding="utf-8")
-
-
-def section(text: str, heading: str) -> str:
-    """The body of a ``## heading`` section (as test_report.py reads it)."""
-    match = re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## |\Z)", text, flags=re.S | re.M)
-    assert match, f"no section {heading!r}"
-    return match.group(1)
 
 
 def table(text: str) -> list[dict[str, str]]:
